@@ -1,0 +1,404 @@
+//! The command line: `smartcar-sync [--config PATH] <command>`. Each command's output is meant
+//! for a person at a terminal; exit status 78 means a configuration error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::daemon::{Daemon, open_store};
+use crate::store::{JobKind, UserSource};
+
+/// `EX_CONFIG` from sysexits.h: systemd and operators recognise it.
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(name = "smartcar-sync", version, about = "Keeps a database full of fresh, correct Smartcar connected-car data")]
+pub struct Cli {
+    /// The configuration file (default ./config.toml; missing means all defaults).
+    #[arg(long, short, global = true, env = "SMARTCAR_SYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: schedule, workers, HTTP surface; SIGTERM stops it cleanly.
+    Run,
+    /// One full cycle (discovery, connections, signals) and exit: 0 if every job succeeded.
+    SyncOnce,
+    /// Manage known users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Known vehicles.
+    #[command(subcommand)]
+    Vehicles(VehiclesCommand),
+    /// Queue depth, pauses, dead jobs, freshness: the state at a glance.
+    Status,
+    /// Create or update the database schema.
+    Migrate,
+    /// Validate every configuration key, then check the credentials with a token request.
+    CheckConfig,
+    /// Start the simulator and the daemon against it with a local SQLite file; print a summary.
+    Demo(crate::demo::DemoArgs),
+    /// Run the Smartcar v3 simulator.
+    Simulate(crate::simulator::SimArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add users by id and sync their connections at the next run.
+    Add {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove a user, their vehicles and their pending jobs (samples stay).
+    Remove { id: String },
+    /// List known users.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VehiclesCommand {
+    /// List known vehicles and their status.
+    List,
+}
+
+/// Runs a parsed command line; returns the process exit status.
+pub async fn run(cli: Cli) -> ExitCode {
+    let (path, must_exist) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from("config.toml"), false),
+    };
+    // The simulator and the demo bring their own configuration.
+    match cli.command {
+        Command::Simulate(args) => {
+            crate::telemetry::init(crate::config::LogFormat::Text, "info");
+            return report(crate::simulator::run_cli(args).await);
+        }
+        Command::Demo(args) => return report(crate::demo::run(args).await),
+        _ => {}
+    }
+    let config = match Config::load(&path, must_exist, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    crate::telemetry::init(config.log.format, &config.log.level);
+    let result = match cli.command {
+        Command::Run => run_daemon(config).await,
+        Command::SyncOnce => sync_once(config).await,
+        Command::Users(cmd) => users(config, cmd).await,
+        Command::Vehicles(VehiclesCommand::List) => vehicles(config).await,
+        Command::Status => status(config).await,
+        Command::Migrate => migrate(config).await,
+        Command::CheckConfig => return check_config(config).await,
+        Command::Demo(_) | Command::Simulate(_) => Ok(ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(ce) = e.downcast_ref::<ConfigError>() {
+                return config_error(ce);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("configuration error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT: stopping"),
+            _ = term => tracing::info!("SIGTERM: stopping"),
+        }
+        token.cancel();
+    });
+}
+
+async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
+    config.require_credentials()?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    let daemon = Daemon::start(config, &shutdown).await?;
+    daemon.run(shutdown, || {}).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
+    config.require_credentials()?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    let daemon = Daemon::start(config, &shutdown).await?;
+    let report = daemon.sync_once(&shutdown, |_| {}).await?;
+    let samples = daemon.store.sample_count().await?;
+    let s = &report.stats;
+    let ord = std::sync::atomic::Ordering::Relaxed;
+    println!(
+        "sync-once: {} jobs done, {} retries, {} deferred, {} vehicles flagged, {} dead; {} samples stored in total; {:.1}s",
+        s.done.load(ord),
+        s.retried.load(ord),
+        s.deferred.load(ord),
+        s.vehicle_status.load(ord),
+        report.dead,
+        samples,
+        (report.finished - report.started).num_milliseconds() as f64 / 1000.0
+    );
+    shutdown.cancel();
+    daemon.store.close().await;
+    Ok(if report.dead == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn migrated_store(config: &Config) -> anyhow::Result<crate::store::Store> {
+    let store = open_store(config).await?;
+    store.migrate().await.context("cannot migrate the database")?;
+    Ok(store)
+}
+
+async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
+    let store = migrated_store(&config).await?;
+    match cmd {
+        UsersCommand::Add { ids } => {
+            for id in &ids {
+                let id = id.trim();
+                if id.is_empty() {
+                    anyhow::bail!("a user id cannot be empty");
+                }
+                let new = store.add_user(id, UserSource::Cli).await?;
+                store
+                    .enqueue(JobKind::SyncConnections, id, Utc::now())
+                    .await?;
+                println!("{id}: {}", if new { "added" } else { "already known" });
+            }
+        }
+        UsersCommand::Remove { id } => {
+            if store.remove_user(&id).await? {
+                println!("{id}: removed (its samples are kept)");
+            } else {
+                println!("{id}: not known");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        UsersCommand::List => {
+            let users = store.list_users().await?;
+            println!("{:<38} {:<10} {:<20} LAST SYNC", "USER", "SOURCE", "ADDED");
+            for u in &users {
+                println!(
+                    "{:<38} {:<10} {:<20} {}",
+                    u.user_id,
+                    u.source.as_str(),
+                    u.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    when(u.last_synced_at)
+                );
+            }
+            println!("{} users", users.len());
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn vehicles(config: Config) -> anyhow::Result<ExitCode> {
+    let store = migrated_store(&config).await?;
+    let vehicles = store.list_vehicles().await?;
+    println!(
+        "{:<38} {:<38} {:<24} {:<17} LAST POLL",
+        "VEHICLE", "USER", "MAKE MODEL YEAR", "STATUS"
+    );
+    for v in &vehicles {
+        let car = format!(
+            "{} {} {}",
+            v.make.as_deref().unwrap_or("?"),
+            v.model.as_deref().unwrap_or("?"),
+            v.year.map(|y| y.to_string()).unwrap_or_default()
+        );
+        println!(
+            "{:<38} {:<38} {:<24} {:<17} {}",
+            v.vehicle_id,
+            v.user_id,
+            car.chars().take(24).collect::<String>(),
+            v.status.as_str(),
+            when(v.last_polled_at)
+        );
+    }
+    println!("{} vehicles", vehicles.len());
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn when(t: Option<chrono::DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "never".to_owned())
+}
+
+async fn status(config: Config) -> anyhow::Result<ExitCode> {
+    let store = migrated_store(&config).await?;
+    let now = Utc::now();
+    println!("database   {}", crate::daemon::redact_url(&config.database.url));
+    match store.app_paused_until(now).await? {
+        Some(until) => println!("app pause  PAUSED until {until} (a 429 from Smartcar)"),
+        None => println!("app pause  none"),
+    }
+    match store.oldest_poll_of_pollable(now).await? {
+        Some(t) => println!(
+            "last cycle every pollable vehicle polled since {} ({} ago)",
+            t.format("%Y-%m-%d %H:%M:%S"),
+            ago(now - t)
+        ),
+        None => println!("last cycle no complete cycle yet"),
+    }
+    for schedule in ["connections", "signals"] {
+        println!(
+            "tick       {schedule:<12} last {}",
+            when(store.last_tick(schedule).await?)
+        );
+    }
+    println!("samples    {}", store.sample_count().await?);
+    println!();
+    println!("{:<18} {:>8} {:>8} {:>8} {:>8}", "QUEUE", "pending", "running", "done", "dead");
+    let counts = store.queue_counts().await?;
+    for kind in JobKind::ALL {
+        let n = |state: &str| {
+            counts
+                .iter()
+                .find(|(k, s, _)| k == kind.as_str() && s == state)
+                .map(|c| c.2)
+                .unwrap_or(0)
+        };
+        println!(
+            "{:<18} {:>8} {:>8} {:>8} {:>8}",
+            kind.as_str(),
+            n("pending"),
+            n("running"),
+            n("done"),
+            n("dead")
+        );
+    }
+    let dead = store.dead_jobs(20).await?;
+    if !dead.is_empty() {
+        println!();
+        println!("DEAD JOBS (latest {})", dead.len());
+        for d in &dead {
+            println!(
+                "  #{} {}({}) after {} attempts at {}: {}{}",
+                d.id,
+                d.kind,
+                d.subject,
+                d.attempts,
+                when(d.finished_at),
+                d.last_error.as_deref().unwrap_or("?"),
+                d.last_request_id
+                    .as_deref()
+                    .map(|r| format!(" [request id {r}]"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let users = store.list_users().await?;
+    println!();
+    println!("{:<38} {:<10} LAST CONNECTIONS SYNC", "USER", "SOURCE");
+    for u in users.iter().take(50) {
+        println!("{:<38} {:<10} {}", u.user_id, u.source.as_str(), when(u.last_synced_at));
+    }
+    if users.len() > 50 {
+        println!("… and {} more (users list)", users.len() - 50);
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ago(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
+    let store = migrated_store(&config).await?;
+    println!(
+        "database migrated ({}: {})",
+        store.backend_name(),
+        crate::daemon::redact_url(&config.database.url)
+    );
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check_config(config: Config) -> ExitCode {
+    println!("configuration: every key valid");
+    if let Err(e) = config.require_credentials() {
+        return config_error(&e);
+    }
+    let shutdown = CancellationToken::new();
+    let client = match crate::daemon::build_client(&config, shutdown.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = tokio::time::timeout(
+        config.smartcar.request_timeout + Duration::from_secs(5),
+        client.tokens().get(),
+    )
+    .await;
+    shutdown.cancel();
+    match result {
+        Ok(Ok(token)) => {
+            println!(
+                "credentials: OK (token {} issued, expires {})",
+                token.fingerprint, token.expires_at_utc
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("credentials: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("credentials: FAILED: no answer from {}", config.smartcar.auth_url);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! Configuration: `config.toml`, then the environment on top, validated as a whole.
+//!
+//! Every key has a default (the commented `config.toml` at the repository root lists them). An
+//! unknown key or a bad value is a [`ConfigError`] naming the key; the CLI exits with status 78
+//! (`EX_CONFIG`) on it. Secrets are `SecretString`s: `Debug` of the config shows none of them.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::smartcar::SecretSource;
+
+/// A configuration problem, naming the key (`queue.concurrency`) and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration after layering and validation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub smartcar: SmartcarConfig,
+    pub database: DatabaseConfig,
+    pub schedule: ScheduleConfig,
+    pub rate_limit: RateLimitConfig,
+    pub queue: QueueConfig,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmartcarConfig {
+    pub auth_url: String,
+    pub api_url: String,
+    pub client_id: String,
+    /// Allowed, but prefer `SMARTCAR_CLIENT_SECRET` or `client_secret_file`.
+    pub client_secret: Option<SecretString>,
+    /// A file holding the secret (systemd: `$CREDENTIALS_DIRECTORY/client_secret`); re-read on
+    /// every token request, so rotating it needs no restart.
+    pub client_secret_file: Option<PathBuf>,
+    /// The application management token, key of webhook signatures.
+    pub management_token: Option<SecretString>,
+    pub management_token_file: Option<PathBuf>,
+    /// `live` or `simulated`.
+    pub vehicle_mode: String,
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` (embedded default) or `postgres://…`.
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(with = "duration_str")]
+    pub statement_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// 6-field cron (seconds first), UTC: page every user's connections.
+    pub connections: String,
+    /// 6-field cron (seconds first), UTC: poll every connected vehicle's signals.
+    pub signals: String,
+    /// Page the application-wide connections to discover users on each connections tick.
+    pub discover_users: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Steady rate for all API calls of this process (token endpoint excluded); 0 disables.
+    pub requests_per_minute: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    #[serde(with = "duration_str")]
+    pub shutdown_grace: Duration,
+    /// How long a claim lasts without a heartbeat; a dead worker's job is retaken after it.
+    #[serde(with = "duration_str")]
+    pub lease: Duration,
+    #[serde(with = "duration_str")]
+    pub backoff_min: Duration,
+    #[serde(with = "duration_str")]
+    pub backoff_max: Duration,
+    /// Done jobs are deleted after this long (dead ones are kept for `status`).
+    #[serde(with = "duration_str")]
+    pub keep_done: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (human, for a terminal) or `json` (for a log pipeline).
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `smartcar_sync=debug`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Webhooks, Connect callback, health and metrics; empty turns the server off.
+    pub listen: String,
+    /// If set, the Connect callback's `state` must carry a valid HMAC of this secret.
+    pub connect_state_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Drop samples older than this (e.g. `400d`); empty keeps everything.
+    pub samples: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            smartcar: SmartcarConfig::default(),
+            database: DatabaseConfig::default(),
+            schedule: ScheduleConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            queue: QueueConfig::default(),
+            log: LogConfig::default(),
+            http: HttpConfig::default(),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+impl Default for SmartcarConfig {
+    fn default() -> Self {
+        SmartcarConfig {
+            auth_url: "https://iam.smartcar.com/oauth2/token".into(),
+            api_url: "https://vehicle.api.smartcar.com/v3".into(),
+            client_id: String::new(),
+            client_secret: None,
+            client_secret_file: None,
+            management_token: None,
+            management_token_file: None,
+            vehicle_mode: "live".into(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://smartcar-sync.db".into(),
+            max_connections: 8,
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            connections: "0 0 * * * *".into(),
+            signals: "0 */30 * * * *".into(),
+            discover_users: true,
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        // Smartcar's documented application bucket: 120 requests, refilling 2 per minute.
+        RateLimitConfig {
+            requests_per_minute: 2,
+            burst: 120,
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            concurrency: 4,
+            max_attempts: 8,
+            shutdown_grace: Duration::from_secs(30),
+            lease: Duration::from_secs(120),
+            backoff_min: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(600),
+            keep_done: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            connect_state_secret: None,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            samples: String::new(),
+        }
+    }
+}
+
+/// The environment variables that override the file.
+pub mod env {
+    pub const DATABASE_URL: &str = "DATABASE_URL";
+    pub const CLIENT_ID: &str = "SMARTCAR_CLIENT_ID";
+    pub const CLIENT_SECRET: &str = "SMARTCAR_CLIENT_SECRET";
+    pub const MANAGEMENT_TOKEN: &str = "SMARTCAR_MANAGEMENT_TOKEN";
+    pub const LOG_FORMAT: &str = "SMARTCAR_SYNC_LOG_FORMAT";
+    pub const LOG_LEVEL: &str = "SMARTCAR_SYNC_LOG";
+    /// systemd's `LoadCredential=` directory: `client_secret` and `management_token` files.
+    pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+}
+
+impl Config {
+    /// Reads `path` (a missing file at the default path means "all defaults"), applies the
+    /// environment through `getenv`, and validates.
+    pub fn load(
+        path: &Path,
+        must_exist: bool,
+        getenv: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let mut config = Config::parse(&text, path)?;
+        config.apply_env(getenv);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; an unknown key or a wrongly typed value names its full key.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().message().to_owned();
+            // For an unknown field serde's path stops at the table; name the field itself.
+            let key = match unknown_field(&inner) {
+                Some(field) if key == "." => field,
+                Some(field) => format!("{key}.{field}"),
+                None => key,
+            };
+            invalid(&key, inner)
+        })
+    }
+
+    fn apply_env(&mut self, getenv: impl Fn(&str) -> Option<String>) {
+        let set = |v: Option<String>| v.filter(|s| !s.is_empty());
+        if let Some(v) = set(getenv(env::DATABASE_URL)) {
+            self.database.url = v;
+        }
+        if let Some(v) = set(getenv(env::CLIENT_ID)) {
+            self.smartcar.client_id = v;
+        }
+        if let Some(v) = set(getenv(env::CLIENT_SECRET)) {
+            self.smartcar.client_secret = Some(SecretString::from(v));
+        }
+        if let Some(v) = set(getenv(env::MANAGEMENT_TOKEN)) {
+            self.smartcar.management_token = Some(SecretString::from(v));
+        }
+        if let Some(dir) = set(getenv(env::CREDENTIALS_DIRECTORY)) {
+            let dir = PathBuf::from(dir);
+            let secret = dir.join("client_secret");
+            if self.smartcar.client_secret_file.is_none() && secret.exists() {
+                self.smartcar.client_secret_file = Some(secret);
+            }
+            let mgmt = dir.join("management_token");
+            if self.smartcar.management_token_file.is_none() && mgmt.exists() {
+                self.smartcar.management_token_file = Some(mgmt);
+            }
+        }
+        if let Some(v) = set(getenv(env::LOG_FORMAT)) {
+            match v.as_str() {
+                "json" => self.log.format = LogFormat::Json,
+                "text" => self.log.format = LogFormat::Text,
+                _ => {}
+            }
+        }
+        if let Some(v) = set(getenv(env::LOG_LEVEL)) {
+            self.log.level = v;
+        }
+    }
+
+    /// Checks every value that has a shape beyond its type.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.smartcar;
+        for (key, url) in [("smartcar.auth_url", &s.auth_url), ("smartcar.api_url", &s.api_url)] {
+            match reqwest::Url::parse(url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                Ok(_) => return Err(invalid(key, "must be an http(s) URL")),
+                Err(e) => return Err(invalid(key, format!("not a URL: {e}"))),
+            }
+        }
+        if !matches!(s.vehicle_mode.as_str(), "live" | "simulated") {
+            return Err(invalid(
+                "smartcar.vehicle_mode",
+                "must be \"live\" or \"simulated\"",
+            ));
+        }
+        if s.request_timeout.is_zero() {
+            return Err(invalid("smartcar.request_timeout", "must be more than 0"));
+        }
+        let db = &self.database.url;
+        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        for (key, expr) in [
+            ("schedule.connections", &self.schedule.connections),
+            ("schedule.signals", &self.schedule.signals),
+        ] {
+            crate::schedule::parse_cron(expr).map_err(|e| invalid(key, e))?;
+        }
+        if self.rate_limit.requests_per_minute > 0 && self.rate_limit.burst == 0 {
+            return Err(invalid("rate_limit.burst", "must be at least 1"));
+        }
+        let q = &self.queue;
+        if q.concurrency == 0 || q.concurrency > 1024 {
+            return Err(invalid("queue.concurrency", "must be between 1 and 1024"));
+        }
+        if q.max_attempts == 0 {
+            return Err(invalid("queue.max_attempts", "must be at least 1"));
+        }
+        if q.lease < Duration::from_secs(1) {
+            return Err(invalid("queue.lease", "must be at least 1s"));
+        }
+        if q.backoff_min.is_zero() || q.backoff_max < q.backoff_min {
+            return Err(invalid(
+                "queue.backoff_max",
+                "backoff_min must be > 0 and backoff_max >= backoff_min",
+            ));
+        }
+        if !self.http.listen.is_empty() && SocketAddr::from_str(&self.http.listen).is_err() {
+            return Err(invalid("http.listen", "must be ADDRESS:PORT, or empty to turn it off"));
+        }
+        if !self.retention.samples.is_empty() {
+            parse_duration(&self.retention.samples).map_err(|e| invalid("retention.samples", e))?;
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// Whether credentials were given at all (`check-config` and `run` need them).
+    pub fn require_credentials(&self) -> Result<(), ConfigError> {
+        if self.smartcar.client_id.is_empty() {
+            return Err(invalid(
+                "smartcar.client_id",
+                format!("missing (set it in the file or {})", env::CLIENT_ID),
+            ));
+        }
+        if self.smartcar.client_secret.is_none() && self.smartcar.client_secret_file.is_none() {
+            return Err(invalid(
+                "smartcar.client_secret",
+                format!(
+                    "missing (set {} or smartcar.client_secret_file)",
+                    env::CLIENT_SECRET
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where the client secret comes from: a file wins over a value (it can be rotated).
+    pub fn client_secret_source(&self) -> SecretSource {
+        match (&self.smartcar.client_secret_file, &self.smartcar.client_secret) {
+            (Some(path), _) => SecretSource::File(path.clone()),
+            (None, Some(secret)) => SecretSource::value(secret.clone()),
+            (None, None) => SecretSource::value(SecretString::from(String::new())),
+        }
+    }
+
+    /// Where the webhook key comes from, if configured.
+    pub fn management_token_source(&self) -> Option<SecretSource> {
+        match (
+            &self.smartcar.management_token_file,
+            &self.smartcar.management_token,
+        ) {
+            (Some(path), _) => Some(SecretSource::File(path.clone())),
+            (None, Some(t)) => Some(SecretSource::value(t.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The limiter's quota, or `None` when `requests_per_minute = 0` (no limit).
+    pub fn rate_limit(&self) -> Option<crate::smartcar::RateLimit> {
+        Some(crate::smartcar::RateLimit {
+            requests_per_minute: NonZeroU32::new(self.rate_limit.requests_per_minute)?,
+            burst: NonZeroU32::new(self.rate_limit.burst)?,
+        })
+    }
+
+    /// `[retention] samples` as a duration, if set.
+    pub fn sample_retention(&self) -> Option<Duration> {
+        parse_duration(&self.retention.samples).ok()
+    }
+}
+
+/// serde's "unknown field `x`, expected …" names the field only in its message.
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+/// Parses `250ms`, `30s`, `10m`, `1h`, `400d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 10m, 1h, 400d)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        other => return Err(format!("unknown unit {other:?} (use ms, s, m, h or d)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+/// `"30s"`-style durations in the file.
+mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Secs(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(s) => super::parse_duration(&s).map_err(serde::de::Error::custom),
+            Raw::Secs(n) => Ok(Duration::from_secs(n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c = Config::parse(text, Path::new("config.toml"))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn the_shipped_config_toml_is_valid_and_equals_the_defaults() {
+        let text = include_str!("../config.toml");
+        let c = parse(text).unwrap();
+        let d = Config::default();
+        assert_eq!(c.schedule.signals, d.schedule.signals);
+        assert_eq!(c.queue.concurrency, d.queue.concurrency);
+        assert_eq!(c.rate_limit.burst, d.rate_limit.burst);
+        assert_eq!(c.database.url, d.database.url);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_table() {
+        let e = parse("[queue]\nconcurency = 4\n").unwrap_err().to_string();
+        assert!(e.starts_with("queue.concurency:"), "{e}");
+        let e = parse("colour = 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("colour:"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_is_named() {
+        let e = parse("[queue]\nconcurrency = \"many\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("queue.concurrency:"), "{e}");
+        let e = parse("[schedule]\nsignals = \"every now and then\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("schedule.signals:"), "{e}");
+        let e = parse("[queue]\nshutdown_grace = \"3 fortnights\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("queue.shutdown_grace:"), "{e}");
+        let e = parse("[database]\nurl = \"mysql://x\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("database.url:"), "{e}");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[database]\nurl = \"sqlite://a.db\"\n").unwrap();
+        let c = Config::load(&path, true, |k| match k {
+            "DATABASE_URL" => Some("sqlite://b.db".into()),
+            "SMARTCAR_CLIENT_SECRET" => Some("s3cr3t-value".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.database.url, "sqlite://b.db");
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("400d"), Ok(Duration::from_secs(400 * 86_400)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! Observable events: each one emits its log line and its metric together, so the two never
+//! disagree (the pattern of vector's `internal_events`). `/metrics` renders [`render`].
+//!
+//! The registry is process-wide: there is one daemon per process, and tests that share a
+//! process only ever read deltas.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    endpoint: &'static str,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    event_type: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScheduleLabels {
+    schedule: &'static str,
+}
+
+struct Metrics {
+    registry: Registry,
+    api_calls: Family<ApiLabels, Counter>,
+    rate_limited: Family<ScopeLabels, Counter>,
+    token_requests: Family<OutcomeLabels, Counter>,
+    jobs: Family<JobLabels, Counter>,
+    job_seconds: Family<KindLabels, Histogram>,
+    samples: Family<SourceLabels, Counter>,
+    webhooks: Family<WebhookLabels, Counter>,
+    queue_depth: Family<StateLabels, Gauge>,
+    ticks: Family<ScheduleLabels, Counter>,
+    stalls: Family<ScheduleLabels, Counter>,
+    since_cycle: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let mut registry = Registry::with_prefix("smartcar_sync");
+        let api_calls = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "api_calls",
+            "Smartcar API calls by endpoint and status class",
+            api_calls.clone(),
+        );
+        let rate_limited = Family::<ScopeLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "429 answers by scope (app or vehicle)",
+            rate_limited.clone(),
+        );
+        let token_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "token_requests",
+            "Token endpoint requests by outcome",
+            token_requests.clone(),
+        );
+        let jobs = Family::<JobLabels, Counter>::default();
+        registry.register("jobs", "Finished job runs by kind and outcome", jobs.clone());
+        let job_seconds = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        registry.register(
+            "job_duration_seconds",
+            "Job run time by kind",
+            job_seconds.clone(),
+        );
+        let samples = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "samples_stored",
+            "Signal samples newly stored, by source",
+            samples.clone(),
+        );
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_events",
+            "Webhook deliveries by event type and outcome",
+            webhooks.clone(),
+        );
+        let queue_depth = Family::<StateLabels, Gauge>::default();
+        registry.register("queue_depth", "Jobs by state", queue_depth.clone());
+        let ticks = Family::<ScheduleLabels, Counter>::default();
+        registry.register("schedule_ticks", "Schedule ticks handled", ticks.clone());
+        let stalls = Family::<ScheduleLabels, Counter>::default();
+        registry.register(
+            "schedule_stalls",
+            "Schedules found not firing for two periods",
+            stalls.clone(),
+        );
+        let since_cycle = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "seconds_since_last_cycle",
+            "Age of the oldest last-poll among pollable vehicles (a full cycle completed that long ago)",
+            since_cycle.clone(),
+        );
+        Metrics {
+            registry,
+            api_calls,
+            rate_limited,
+            token_requests,
+            jobs,
+            job_seconds,
+            samples,
+            webhooks,
+            queue_depth,
+            ticks,
+            stalls,
+            since_cycle,
+        }
+    })
+}
+
+/// Prometheus text exposition of every metric.
+pub fn render() -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &metrics().registry) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    out
+}
+
+/// An API call's answer: `class` is `2xx`, `4xx`, `5xx` or `error` (no answer).
+pub fn api_call(endpoint: &'static str, class: &'static str) {
+    metrics()
+        .api_calls
+        .get_or_create(&ApiLabels { endpoint, class })
+        .inc();
+}
+
+/// A 429, app-wide or for one vehicle.
+pub fn rate_limited(scope: &'static str, until: DateTime<Utc>, request_id: Option<&str>) {
+    metrics()
+        .rate_limited
+        .get_or_create(&ScopeLabels { scope })
+        .inc();
+    tracing::warn!(scope, until = %until, request_id, "rate limited by Smartcar");
+}
+
+/// A token endpoint request finished: `ok`, `rejected` or `failed`.
+pub fn token_request(outcome: &'static str) {
+    metrics()
+        .token_requests
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
+}
+
+/// A job run ended. `outcome`: done, retry, deferred, dead, vehicle_status, released, lost.
+pub fn job_finished(kind: &'static str, outcome: &'static str, took: Duration) {
+    let m = metrics();
+    m.jobs.get_or_create(&JobLabels { kind, outcome }).inc();
+    m.job_seconds
+        .get_or_create(&KindLabels { kind })
+        .observe(took.as_secs_f64());
+}
+
+/// New samples were committed.
+pub fn samples_stored(source: &'static str, n: u64) {
+    if n > 0 {
+        metrics()
+            .samples
+            .get_or_create(&SourceLabels { source })
+            .inc_by(n);
+    }
+}
+
+/// A webhook delivery was answered.
+pub fn webhook(event_type: &str, outcome: &'static str) {
+    metrics()
+        .webhooks
+        .get_or_create(&WebhookLabels {
+            event_type: event_type.chars().take(32).collect(),
+            outcome,
+        })
+        .inc();
+    tracing::info!(event_type, outcome, "webhook");
+}
+
+/// The queue's depth by state, sampled when `/metrics` is scraped.
+pub fn queue_depth(state: &str, n: i64) {
+    metrics()
+        .queue_depth
+        .get_or_create(&StateLabels {
+            state: state.to_owned(),
+        })
+        .set(n);
+}
+
+/// Seconds since the last full cycle, sampled when `/metrics` is scraped.
+pub fn since_last_cycle(seconds: f64) {
+    metrics().since_cycle.set(seconds);
+}
+
+/// A schedule tick was recorded and its jobs enqueued.
+pub fn schedule_fired(schedule: &'static str, tick: DateTime<Utc>, enqueued: u64) {
+    metrics()
+        .ticks
+        .get_or_create(&ScheduleLabels { schedule })
+        .inc();
+    tracing::info!(schedule, tick = %tick, enqueued, "schedule tick");
+}
+
+/// A schedule has not fired for two periods.
+pub fn schedule_stalled(schedule: &'static str, last: DateTime<Utc>) {
+    metrics()
+        .stalls
+        .get_or_create(&ScheduleLabels { schedule })
+        .inc();
+    tracing::error!(schedule, last_tick = %last,
+        "schedule has not fired for two periods; firing the missed tick from the watchdog");
+}

@@ -1,0 +1,346 @@
+//! The worker pool: claims due jobs under a lease, runs them, and turns every failure into data.
+//!
+//! - A claim is a lease with a fencing token; a heartbeat extends it while the job runs. A
+//!   worker killed with SIGKILL stops heart-beating, its lease expires, another claim takes it.
+//! - Every wait is data, not a sleep (architecture rule 2): a backoff, a `Retry-After`, an app
+//!   pause or a credential wait becomes the job's `run_at` (and the stored pause), so a restart
+//!   honours it and no worker is held by a slow vehicle.
+//! - On shutdown the pool stops claiming, gives running jobs `shutdown_grace` to finish, then
+//!   releases the rest (no attempt used). Nothing is lost either way.
+
+pub mod retry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::events;
+use crate::jobs::{self, JobContext, JobError};
+use crate::smartcar::Action;
+use crate::store::{Job, JobKind, StoreError};
+pub use retry::RetryPolicy;
+
+/// The pool's settings (`[queue]`).
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub concurrency: usize,
+    pub lease: Duration,
+    pub shutdown_grace: Duration,
+    pub retry: RetryPolicy,
+    /// The longest the pool sleeps with nothing due, so jobs enqueued by another daemon are
+    /// found without a wake-up.
+    pub idle_poll: Duration,
+}
+
+/// How job runs ended, for the demo's progress line and tests.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    pub done: AtomicU64,
+    pub retried: AtomicU64,
+    pub deferred: AtomicU64,
+    pub dead: AtomicU64,
+    pub vehicle_status: AtomicU64,
+    pub released: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+/// The worker pool.
+pub struct Runner {
+    ctx: JobContext,
+    settings: QueueSettings,
+    wake: Arc<Notify>,
+    owner: String,
+    stats: Arc<RunStats>,
+}
+
+impl Runner {
+    /// `wake` is notified by whoever enqueues work in this process (schedule, webhooks, CLI).
+    pub fn new(ctx: JobContext, settings: QueueSettings, wake: Arc<Notify>) -> Self {
+        let owner = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
+        Runner {
+            ctx,
+            settings,
+            wake,
+            owner,
+            stats: Arc::new(RunStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<RunStats> {
+        self.stats.clone()
+    }
+
+    /// Claims and runs jobs until `shutdown`, then drains within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let workers = Arc::new(Semaphore::new(self.settings.concurrency));
+        let tracker = TaskTracker::new();
+        // Cancelled when the grace period is over: running jobs are released.
+        let abandon = CancellationToken::new();
+        let this = Arc::new(self);
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = workers.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let now = Utc::now();
+            let free = 1 + workers.available_permits() as u32;
+            let claimed = match this
+                .ctx
+                .store
+                .claim(&this.owner, now, this.settings.lease, free)
+                .await
+            {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim jobs; retrying");
+                    drop(permit);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if claimed.is_empty() {
+                drop(permit);
+                let wait = match this.ctx.store.next_wake(now).await {
+                    Ok(Some(at)) => (at - now).to_std().unwrap_or(Duration::ZERO),
+                    _ => this.settings.idle_poll,
+                }
+                .clamp(Duration::from_millis(5), this.settings.idle_poll);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = this.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+            let mut permit = Some(permit);
+            for job in claimed {
+                let permit = match permit.take() {
+                    Some(p) => p,
+                    // Only this loop takes permits, so the free ones it counted are still free.
+                    None => match workers.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => {
+                            this.release(&job, "no free worker").await;
+                            continue;
+                        }
+                    },
+                };
+                let this = this.clone();
+                let abandon = abandon.clone();
+                tracker.spawn(async move {
+                    this.run_one(job, abandon).await;
+                    drop(permit);
+                    this.wake.notify_one();
+                });
+            }
+        }
+
+        tracker.close();
+        if !tracker.is_empty() {
+            tracing::info!(
+                running = tracker.len(),
+                grace_s = this.settings.shutdown_grace.as_secs_f64(),
+                "stopping: no new claims; waiting for running jobs"
+            );
+        }
+        if tokio::time::timeout(this.settings.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(running = tracker.len(), "grace period over; releasing running jobs");
+            abandon.cancel();
+            // Releasing is one quick statement per job; do not hang on a dead database.
+            let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+        }
+    }
+
+    async fn run_one(&self, job: Job, abandon: CancellationToken) {
+        let span = match job.kind {
+            JobKind::PollSignals => {
+                tracing::info_span!("job", id = job.id, kind = job.kind.as_str(), vehicle_id = %job.subject)
+            }
+            JobKind::SyncConnections => {
+                tracing::info_span!("job", id = job.id, kind = job.kind.as_str(), user_id = %job.subject)
+            }
+            JobKind::DiscoverUsers => tracing::info_span!("job", id = job.id, kind = job.kind.as_str()),
+        };
+        async {
+            let started = Instant::now();
+            let heartbeat = self.heartbeat(&job);
+            let result = tokio::select! {
+                r = jobs::run(&self.ctx, &job) => Some(r),
+                _ = heartbeat => Some(Err(JobError::Store(StoreError::LeaseLost { job_id: job.id }))),
+                _ = abandon.cancelled() => None,
+            };
+            let outcome = self.settle(&job, result).await;
+            events::job_finished(job.kind.as_str(), outcome, started.elapsed());
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Extends the lease every third of its length; returns only if the lease was lost.
+    async fn heartbeat(&self, job: &Job) {
+        let every = self.settings.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match self
+                .ctx
+                .store
+                .extend_lease(job, Utc::now() + chrono_dur(self.settings.lease))
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return,
+                // A database hiccup: the lease still has two thirds to run.
+                Err(e) => tracing::warn!(error = %e, "cannot extend lease"),
+            }
+        }
+    }
+
+    /// Records what happened to a job; returns the outcome label for metrics.
+    async fn settle(&self, job: &Job, result: Option<Result<jobs::Done, JobError>>) -> &'static str {
+        let store = &self.ctx.store;
+        let now = Utc::now();
+        let result = match result {
+            None => {
+                self.release(job, "shutdown").await;
+                return "released";
+            }
+            Some(r) => r,
+        };
+        let err = match result {
+            Ok(done) => {
+                self.stats.done.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%done, "job done");
+                return "done";
+            }
+            Err(JobError::Store(StoreError::LeaseLost { .. })) => {
+                self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("lease lost (another worker took the job over); result discarded");
+                return "lost";
+            }
+            Err(JobError::Store(e)) => {
+                // The database failed under us: retry like any transient failure.
+                return self.retry_or_kill(job, &e.to_string(), None).await;
+            }
+            Err(JobError::Api(e)) => e,
+        };
+        let request_id = err.request_id.as_deref();
+        match err.action(now) {
+            Action::Retry | Action::Reauthenticate => {
+                self.retry_or_kill(job, &err.to_string(), request_id).await
+            }
+            Action::RetryLong => {
+                // The carmaker's own limit: jump straight to the longest backoff.
+                self.retry_at(job, self.settings.retry.max, &err.to_string(), request_id)
+                    .await
+            }
+            Action::RetryAt(at) => {
+                self.defer(job, at, &err.to_string()).await;
+                "deferred"
+            }
+            Action::PauseApp(until) => {
+                if !matches!(err.kind, crate::smartcar::ErrorKind::Paused(_)) {
+                    // Store it so every daemon and a restart honour it.
+                    if let Err(e) = store
+                        .set_app_pause(until, &err.to_string(), request_id)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot store the app pause");
+                    }
+                }
+                self.ctx.client.pause_until(until);
+                self.defer(job, until, &err.to_string()).await;
+                "deferred"
+            }
+            Action::WaitForToken(at) => {
+                self.defer(job, at, &err.to_string()).await;
+                "deferred"
+            }
+            Action::Permanent(problem) if job.kind == JobKind::PollSignals => {
+                let update = jobs::signals::status_for(problem, &err, now);
+                tracing::warn!(error = %err, status = update.status.as_str(),
+                    blocked_until = ?update.blocked_until, "vehicle cannot be polled");
+                match store.finish_vehicle_status(job, &job.subject, &update).await {
+                    Ok(()) => {
+                        self.stats.vehicle_status.fetch_add(1, Ordering::Relaxed);
+                        "vehicle_status"
+                    }
+                    Err(e) => self.retry_or_kill(job, &e.to_string(), None).await,
+                }
+            }
+            Action::Permanent(_) | Action::Bug => {
+                tracing::error!(error = %err, request_id,
+                    "job failed permanently (a bug on our side or a resource that is gone)");
+                self.kill(job, &err.to_string(), request_id).await;
+                "dead"
+            }
+        }
+    }
+
+    async fn retry_or_kill(&self, job: &Job, error: &str, request_id: Option<&str>) -> &'static str {
+        let failures = job.attempts.max(0) as u32;
+        if !self.settings.retry.may_retry(failures) {
+            tracing::error!(error, request_id, attempts = failures + 1, "job failed for the last time");
+            self.kill(job, error, request_id).await;
+            return "dead";
+        }
+        let delay = self.settings.retry.delay(failures);
+        self.retry_at(job, delay, error, request_id).await
+    }
+
+    async fn retry_at(
+        &self,
+        job: &Job,
+        delay: Duration,
+        error: &str,
+        request_id: Option<&str>,
+    ) -> &'static str {
+        let at = Utc::now() + chrono_dur(delay);
+        tracing::warn!(error, request_id, attempt = job.attempts + 1, retry_at = %at, "job failed; will retry");
+        if let Err(e) = self.ctx.store.retry(job, at, error, request_id).await {
+            tracing::warn!(error = %e, "cannot record the retry; the lease will expire and the job run again");
+        }
+        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+        "retry"
+    }
+
+    async fn defer(&self, job: &Job, at: chrono::DateTime<Utc>, why: &str) {
+        tracing::info!(until = %at, reason = why, "job deferred (no attempt used)");
+        if let Err(e) = self.ctx.store.release(job, at, Some(why)).await {
+            tracing::warn!(error = %e, "cannot defer the job; the lease will expire and the job run again");
+        }
+        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn kill(&self, job: &Job, error: &str, request_id: Option<&str>) {
+        if let Err(e) = self.ctx.store.kill(job, error, request_id).await {
+            tracing::warn!(error = %e, "cannot mark the job dead");
+        }
+        self.stats.dead.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn release(&self, job: &Job, why: &str) {
+        if let Err(e) = self.ctx.store.release(job, Utc::now(), Some(why)).await {
+            tracing::warn!(job_id = job.id, error = %e, "cannot release the job; its lease will expire");
+        }
+        self.stats.released.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

@@ -1,0 +1,259 @@
+//! A faithful fake of the Smartcar v3 API contract (`/work/shared/smartcar-api.md`), for tests,
+//! the demo and benchmarks. It can produce every shape and error the contract lists, so a client
+//! proven against it has met each variant at least once.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use smartcar_sync::simulator::{SimConfig, Simulator};
+//! let sim = Simulator::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap()).await?;
+//! let api = sim.api_url(); // http://127.0.0.1:PORT/v3
+//! # sim.shutdown().await; Ok(()) }
+//! ```
+//!
+//! What to expect:
+//! - Links in paged responses are relative to the API base (`/connections?…`,
+//!   `/vehicles/{id}/signals?…`), like the contract's `links.self` example.
+//! - Every third vehicle in creation order (the first user's first vehicle included) has one
+//!   `ERROR` signal (`closure-sunroof`) and one `UNAVAILABLE` signal (`closure-reartrunk`).
+//! - BEVs expose 12 signals, PHEVs 12, ICE vehicles 9 (real v3 codes); readings change once per
+//!   `update_period` and are identical within it.
+//! - The per-vehicle throttle covers every vehicle-scoped call (`/vehicles/{id}…`); forced
+//!   vehicle errors cover the signals endpoints only.
+//! - `SC-Unit-System: imperial` switches distances to miles.
+
+mod cli;
+mod config;
+mod counters;
+mod errors;
+mod fleet;
+mod ids;
+mod limits;
+mod readings;
+mod served;
+mod server;
+mod shapes;
+mod state;
+mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use cli::{SimArgs, run_cli};
+pub use config::{
+    Bucket, ErrorBodyVariant, Faults, ForcedError, PagingVariant, SimConfig, TimestampFormat,
+    UserIdLocation, Variants, VehicleMode,
+};
+pub use counters::CounterSnapshot;
+pub use served::ServedReading;
+
+use state::{Inner, MAX_SECRETS, lock};
+
+/// How long `shutdown` waits for open connections before dropping them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A running simulator. Dropping it without [`Simulator::shutdown`] leaves the server task
+/// running until the runtime ends.
+pub struct Simulator {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Simulator {
+    /// Binds `bind` (port 0 for any free port) and serves in a background task.
+    pub async fn start(config: SimConfig, bind: SocketAddr) -> std::io::Result<Simulator> {
+        let inner = Arc::new(Inner::new(config));
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = server::router(inner.clone());
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "simulator server stopped with an error");
+            }
+        });
+        Ok(Simulator {
+            inner,
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR/oauth2/token`
+    pub fn auth_url(&self) -> String {
+        format!("http://{}/oauth2/token", self.addr)
+    }
+
+    /// `http://ADDR/v3`
+    pub fn api_url(&self) -> String {
+        format!("http://{}/v3", self.addr)
+    }
+
+    pub fn client_id(&self) -> String {
+        self.inner.client_id.clone()
+    }
+
+    pub fn counters(&self) -> CounterSnapshot {
+        self.inner.counters.snapshot()
+    }
+
+    pub fn reset_counters(&self) {
+        self.inner.counters.reset();
+    }
+
+    /// Distinct SUCCESS readings served by `/signals`, the single signal endpoint or the webhook
+    /// helper (empty when `record_served` is false).
+    pub fn served_readings(&self) -> Vec<ServedReading> {
+        lock(&self.inner.served).all()
+    }
+
+    /// Every user, in creation order (including users left without vehicles).
+    pub fn user_ids(&self) -> Vec<String> {
+        self.inner
+            .fleet()
+            .users
+            .iter()
+            .map(|u| u.id.clone())
+            .collect()
+    }
+
+    /// The user's connected vehicles (live and simulated), in connection order.
+    pub fn vehicles_of(&self, user_id: &str) -> Vec<String> {
+        let fleet = self.inner.fleet();
+        let Some(u) = fleet.user_by_id(user_id) else {
+            return Vec::new();
+        };
+        fleet.users[u as usize]
+            .vehicles
+            .iter()
+            .filter_map(|&i| fleet.view(i))
+            .map(|v| ids::fmt_uuid(v.id))
+            .collect()
+    }
+
+    /// The connection id of a vehicle (for `DELETE /connections/{id}`).
+    pub fn connection_of(&self, vehicle_id: &str) -> Option<String> {
+        self.inner
+            .vehicle(vehicle_id)
+            .map(|(v, _)| ids::fmt_uuid(v.connection_id))
+    }
+
+    /// A new live vehicle in that user's connections (the user is created if new).
+    pub fn connect_vehicle(&self, user_id: &str) -> String {
+        self.connect_vehicle_with_mode(user_id, VehicleMode::Live)
+    }
+
+    /// Like [`Simulator::connect_vehicle`]; simulated vehicles only show with
+    /// `filter[vehicle.mode]=simulated`.
+    pub fn connect_vehicle_with_mode(&self, user_id: &str, mode: VehicleMode) -> String {
+        self.inner
+            .fleet_mut()
+            .connect(user_id, mode, Utc::now().timestamp_millis())
+    }
+
+    /// The vehicle vanishes from connections; its signals then answer 404 RESOURCE_NOT_FOUND.
+    pub fn disconnect_vehicle(&self, vehicle_id: &str) -> bool {
+        let mut fleet = self.inner.fleet_mut();
+        match fleet.vehicle_by_id(vehicle_id) {
+            Some(i) => fleet.disconnect(i),
+            None => false,
+        }
+    }
+
+    /// Every signals call (list and single) for the vehicle answers `e` until cleared with `None`.
+    pub fn force_vehicle_error(&self, vehicle_id: &str, e: Option<ForcedError>) {
+        let mut fleet = self.inner.fleet_mut();
+        if let Some(i) = fleet.vehicle_by_id(vehicle_id) {
+            fleet.vehicles[i as usize].forced = e;
+        }
+    }
+
+    /// `true`: the vehicle's `/signals` answers 200 with `data: []`, as for a vehicle without a
+    /// webhook subscription (§4).
+    pub fn set_no_signals(&self, vehicle_id: &str, empty: bool) {
+        let mut fleet = self.inner.fleet_mut();
+        if let Some(i) = fleet.vehicle_by_id(vehicle_id) {
+            fleet.vehicles[i as usize].no_signals = empty;
+        }
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.inner.faults) = faults;
+    }
+
+    /// Secret rotation at runtime; at most three stay live (the first three).
+    pub fn set_client_secrets(&self, mut secrets: Vec<String>) {
+        secrets.truncate(MAX_SECRETS);
+        *lock(&self.inner.secrets) = secrets;
+    }
+
+    /// Replaces the application bucket (starting full) and lifts any app-wide Retry-After.
+    pub fn set_app_bucket(&self, b: Option<Bucket>) {
+        lock(&self.inner.app_limiter).set(b);
+    }
+
+    /// A §7 `VEHICLE_STATE` envelope (epoch-ms timestamps, fresh `eventId`, `triggers` in
+    /// `data`) carrying the vehicle's current readings, which are recorded as served. `None` for
+    /// an unknown or disconnected vehicle.
+    pub fn vehicle_state_webhook(&self, vehicle_id: &str) -> Option<Vec<u8>> {
+        webhook::vehicle_state(&self.inner, vehicle_id, false)
+    }
+
+    /// Like [`Simulator::vehicle_state_webhook`], with `triggers` at the top level instead.
+    pub fn vehicle_state_webhook_top_level_triggers(&self, vehicle_id: &str) -> Option<Vec<u8>> {
+        webhook::vehicle_state(&self.inner, vehicle_id, true)
+    }
+
+    /// A §7 `VEHICLE_ERROR` envelope (e.g. `"VEHICLE_STATE"`, `"ASLEEP"`).
+    pub fn vehicle_error_webhook(
+        &self,
+        vehicle_id: &str,
+        error_type: &str,
+        code: &str,
+        resolved: bool,
+    ) -> Option<Vec<u8>> {
+        webhook::vehicle_error(&self.inner, vehicle_id, error_type, code, resolved)
+    }
+
+    /// An unsigned `VERIFY` envelope carrying `challenge`.
+    pub fn verify_webhook(&self, challenge: &str) -> Vec<u8> {
+        webhook::verify(&self.inner, challenge)
+    }
+
+    /// The answer a `VERIFY` expects: hex HMAC-SHA256(management token, challenge).
+    pub fn verify_answer(&self, challenge: &str) -> String {
+        webhook::hmac_hex(self.inner.management_token.as_bytes(), challenge.as_bytes())
+    }
+
+    /// Hex HMAC-SHA256(management token, body): the `SC-Signature` header of a webhook.
+    pub fn sign(&self, body: &[u8]) -> String {
+        webhook::hmac_hex(self.inner.management_token.as_bytes(), body)
+    }
+
+    /// Stops accepting connections and waits (briefly) for open ones to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Shared state of one simulator: immutable settings, runtime knobs, the fleet, limiters, issued
+//! tokens, counters. Std locks held only for a few microseconds, never across an await.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use super::config::{Faults, SimConfig, TimestampFormat, Variants};
+use super::counters::Counters;
+use super::fleet::{Fleet, VehicleView};
+use super::ids::{self, TAG_REQUEST};
+use super::limits::{AppLimiter, VehicleThrottle};
+use super::readings::{Reading, Sampler, signal_set};
+use super::served::ServedLog;
+
+/// At most this many secrets are live at once (§1).
+pub(crate) const MAX_SECRETS: usize = 3;
+
+pub(crate) struct Inner {
+    pub seed: u64,
+    pub client_id: String,
+    pub token_lifetime: Duration,
+    pub period_ms: i64,
+    pub latency: Duration,
+    pub vehicle_min_interval: Option<Duration>,
+    pub variants: Variants,
+    pub record_served: bool,
+    pub management_token: String,
+    pub secrets: Mutex<Vec<String>>,
+    pub faults: Mutex<Faults>,
+    pub app_limiter: Mutex<AppLimiter>,
+    pub vehicle_throttle: Mutex<VehicleThrottle>,
+    /// Issued tokens and their expiry.
+    pub tokens: Mutex<HashMap<String, Instant>>,
+    pub fleet: RwLock<Fleet>,
+    pub served: Mutex<ServedLog>,
+    pub counters: Counters,
+    request_seq: AtomicU64,
+    request_salt: u64,
+}
+
+/// Locks, shrugging off poisoning: the protected data stays consistent between statements.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    pub(crate) fn new(c: SimConfig) -> Inner {
+        let mut secrets = c.client_secrets;
+        secrets.truncate(MAX_SECRETS);
+        Inner {
+            seed: c.seed,
+            client_id: c.client_id,
+            token_lifetime: c.token_lifetime,
+            period_ms: (c.update_period.as_millis() as i64).max(1),
+            latency: c.latency,
+            vehicle_min_interval: c.vehicle_min_interval,
+            variants: c.variants,
+            record_served: c.record_served,
+            management_token: c.management_token,
+            secrets: Mutex::new(secrets),
+            faults: Mutex::new(c.faults),
+            app_limiter: Mutex::new(AppLimiter::new(c.app_bucket)),
+            vehicle_throttle: Mutex::new(VehicleThrottle::default()),
+            tokens: Mutex::new(HashMap::new()),
+            fleet: RwLock::new(Fleet::generate(c.seed, c.users, c.vehicles_per_user)),
+            served: Mutex::new(ServedLog::default()),
+            counters: Counters::default(),
+            request_seq: AtomicU64::new(0),
+            request_salt: fastrand::u64(..),
+        }
+    }
+
+    pub(crate) fn fleet(&self) -> RwLockReadGuard<'_, Fleet> {
+        self.fleet.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn fleet_mut(&self) -> RwLockWriteGuard<'_, Fleet> {
+        self.fleet.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A unique request id (UUID-shaped).
+    pub(crate) fn next_request_id(&self) -> String {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        ids::fmt_uuid(ids::uuid(self.request_salt, TAG_REQUEST, n))
+    }
+
+    /// Vehicle by id, with its owner's user id.
+    pub(crate) fn vehicle(&self, id: &str) -> Option<(VehicleView, String)> {
+        let fleet = self.fleet();
+        let v = fleet.view(fleet.vehicle_by_id(id)?)?;
+        Some((v, fleet.user_id(v.user).to_owned()))
+    }
+
+    /// Current readings of every signal the vehicle exposes.
+    pub(crate) fn readings(&self, v: &VehicleView, now_ms: i64, imperial: bool) -> Vec<Reading> {
+        let s = Sampler::new(self.seed, *v, self.period_ms, imperial);
+        signal_set(v)
+            .into_iter()
+            .map(|d| s.reading(d, now_ms))
+            .collect()
+    }
+
+    /// Records served readings (when enabled) at the precision of `fmt`.
+    pub(crate) fn record(&self, v: &VehicleView, readings: &[Reading], fmt: TimestampFormat) {
+        if !self.record_served {
+            return;
+        }
+        let precision = if fmt == TimestampFormat::EpochSeconds {
+            1000
+        } else {
+            1
+        };
+        lock(&self.served).record(v.index, v.id, readings, precision);
+    }
+
+    /// Remembers an issued token; forgets long-expired ones once the map grows large.
+    pub(crate) fn issue_token(&self, token: String) {
+        let now = Instant::now();
+        let mut tokens = lock(&self.tokens);
+        if tokens.len() > 50_000 {
+            let keep_after = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
+            tokens.retain(|_, exp| *exp > keep_after);
+        }
+        tokens.insert(token, now + self.token_lifetime);
+    }
+}

@@ -1,0 +1,454 @@
+//! The calls the daemon makes (contract §2–§4), each through the same gate: the local app pause,
+//! the process-wide rate limiter, a fresh token, one retry after a 401.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::{Method, StatusCode, Url};
+use serde_json::Value;
+
+use super::auth::{TokenProvider, describe_transport};
+use super::error::{ApiError, ErrorKind};
+use super::model::{Connection, ConnectionsPage, Signal, SignalsPage, VehicleInfo};
+
+/// The largest page size seen anywhere; fewer round trips.
+pub const PAGE_SIZE: i64 = 100;
+/// A pager gives up after this many pages (a million connections) whatever the server says.
+const MAX_PAGES: i64 = 10_000;
+/// Signals of one vehicle fit in one page today; a few pages at most.
+const MAX_SIGNAL_PAGES: usize = 50;
+
+/// How the client reaches the API.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// e.g. `https://vehicle.api.smartcar.com/v3`
+    pub api_url: String,
+    pub request_timeout: Duration,
+    /// `live` or `simulated` (`filter[vehicle.mode]`).
+    pub vehicle_mode: String,
+}
+
+/// `[rate_limit]`: one limiter for the whole process, token endpoint excluded.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub requests_per_minute: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+impl RateLimit {
+    pub fn limiter(self) -> DefaultDirectRateLimiter {
+        RateLimiter::direct(Quota::per_minute(self.requests_per_minute).allow_burst(self.burst))
+    }
+}
+
+/// Per-endpoint call counts by outcome, for `/metrics` and the demo's summary.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub calls: AtomicU64,
+    pub ok: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub rate_limited_app: AtomicU64,
+    pub rate_limited_vehicle: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub transport_errors: AtomicU64,
+    by_endpoint: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl ClientStats {
+    fn record(&self, endpoint: &'static str, class: &'static str) {
+        crate::events::api_call(endpoint, class);
+        let mut m = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((endpoint, class)).or_default() += 1;
+    }
+
+    /// `(endpoint, status class) -> calls`, status class `2xx`, `4xx`, `5xx`, `error`.
+    pub fn by_endpoint(&self) -> Vec<((&'static str, &'static str), u64)> {
+        let m = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+/// The Smartcar v3 client. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    api_url: Url,
+    timeout: Duration,
+    vehicle_mode: String,
+    tokens: TokenProvider,
+    limiter: Option<DefaultDirectRateLimiter>,
+    /// Epoch ms until which the whole application is paused (a 429 `SMARTCAR_API`). Checked
+    /// after waiting for the limiter, right before sending, so no call leaves early.
+    paused_until_ms: AtomicI64,
+    stats: ClientStats,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("api_url", &self.inner.api_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `User-Agent` every request carries.
+pub fn user_agent() -> String {
+    format!("smartcar-sync/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// An HTTP client with the daemon's defaults; shared by the token provider and the API client.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .user_agent(user_agent())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+}
+
+impl Client {
+    pub fn new(
+        config: ClientConfig,
+        http: reqwest::Client,
+        tokens: TokenProvider,
+        rate_limit: Option<RateLimit>,
+    ) -> Result<Self, url::ParseError> {
+        // A trailing slash makes `join` append rather than replace the last segment.
+        let mut base = config.api_url.trim_end_matches('/').to_owned();
+        base.push('/');
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                api_url: Url::parse(&base)?,
+                timeout: config.request_timeout,
+                vehicle_mode: config.vehicle_mode,
+                tokens,
+                limiter: rate_limit.map(RateLimit::limiter),
+                paused_until_ms: AtomicI64::new(0),
+                stats: ClientStats::default(),
+            }),
+        })
+    }
+
+    pub fn tokens(&self) -> &TokenProvider {
+        &self.inner.tokens
+    }
+
+    pub fn stats(&self) -> &ClientStats {
+        &self.inner.stats
+    }
+
+    /// Pauses every call of this process until `until` (a stored pause, or one just received).
+    pub fn pause_until(&self, until: DateTime<Utc>) {
+        self.inner
+            .paused_until_ms
+            .fetch_max(until.timestamp_millis(), Ordering::SeqCst);
+    }
+
+    /// The local pause, if it is still in force.
+    pub fn paused_until(&self) -> Option<DateTime<Utc>> {
+        let ms = self.inner.paused_until_ms.load(Ordering::SeqCst);
+        let until = DateTime::from_timestamp_millis(ms)?;
+        (until > Utc::now()).then_some(until)
+    }
+
+    /// One page of the user's connections (or the application's, with `user_id` `None`).
+    pub async fn connections_page(
+        &self,
+        user_id: Option<&str>,
+        page: i64,
+    ) -> Result<ConnectionsPage, ApiError> {
+        const EP: &str = "connections";
+        let mut url = self.url(EP, "connections")?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(u) = user_id {
+                q.append_pair("filter[userId]", u);
+            }
+            if self.inner.vehicle_mode != "live" {
+                q.append_pair("filter[vehicle.mode]", &self.inner.vehicle_mode);
+            }
+            q.append_pair("page[size]", &PAGE_SIZE.to_string());
+            q.append_pair("page[number]", &page.to_string());
+        }
+        let (v, request_id) = self.get_json(EP, url, user_id).await?;
+        ConnectionsPage::parse(&v).map_err(|e| malformed(EP, e, request_id))
+    }
+
+    /// Pages through connections; see [`ConnectionsPager`].
+    pub fn connections(&self, user_id: Option<&str>) -> ConnectionsPager {
+        ConnectionsPager {
+            client: self.clone(),
+            user_id: user_id.map(str::to_owned),
+            page: 1,
+            done: false,
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Every signal of a vehicle, following `links.next` when the server pages them.
+    pub async fn signals(&self, vehicle_id: &str, user_id: &str) -> Result<Vec<Signal>, ApiError> {
+        const EP: &str = "signals";
+        let mut url = self.url(EP, &format!("vehicles/{}/signals", encode(vehicle_id)))?;
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for _ in 0..MAX_SIGNAL_PAGES {
+            let (v, request_id) = self.get_json(EP, url.clone(), Some(user_id)).await?;
+            let page = SignalsPage::parse(&v).map_err(|e| malformed(EP, e, request_id.clone()))?;
+            out.extend(page.signals);
+            let Some(next) = page.next else {
+                return Ok(out);
+            };
+            let next_url = self.resolve_link(&next).ok_or_else(|| {
+                malformed(
+                    EP,
+                    format!("links.next {next:?} leaves the API"),
+                    request_id.clone(),
+                )
+            })?;
+            if next_url == url || !seen.insert(next_url.clone()) {
+                return Err(ApiError::new(ErrorKind::Runaway, EP)
+                    .with_detail("links.next repeats a page")
+                    .with_request_id(request_id));
+            }
+            url = next_url;
+        }
+        Err(ApiError::new(ErrorKind::Runaway, EP).with_detail("too many signal pages"))
+    }
+
+    /// `GET /vehicles/{id}`.
+    pub async fn vehicle(&self, vehicle_id: &str, user_id: &str) -> Result<VehicleInfo, ApiError> {
+        const EP: &str = "vehicle";
+        let url = self.url(EP, &format!("vehicles/{}", encode(vehicle_id)))?;
+        let (v, request_id) = self.get_json(EP, url, Some(user_id)).await?;
+        VehicleInfo::parse(&v).map_err(|e| malformed(EP, e, request_id))
+    }
+
+    fn url(&self, endpoint: &'static str, path: &str) -> Result<Url, ApiError> {
+        self.inner.api_url.join(path).map_err(|e| {
+            ApiError::new(ErrorKind::Malformed, endpoint).with_detail(format!("bad url: {e}"))
+        })
+    }
+
+    /// Resolves a `links.next`: absolute, `/v3/…`, or relative to the v3 base as in the
+    /// contract's examples. A link to another origin is refused: it would carry our token away.
+    fn resolve_link(&self, link: &str) -> Option<Url> {
+        let base = &self.inner.api_url;
+        let url = if link.starts_with("http://") || link.starts_with("https://") {
+            Url::parse(link).ok()?
+        } else if link.starts_with(base.path()) {
+            base.join(link).ok()?
+        } else {
+            base.join(link.trim_start_matches('/')).ok()?
+        };
+        (url.origin() == base.origin()).then_some(url)
+    }
+
+    /// GET with the full gate; returns the JSON body and the request id.
+    async fn get_json(
+        &self,
+        endpoint: &'static str,
+        url: Url,
+        user_id: Option<&str>,
+    ) -> Result<(Value, Option<String>), ApiError> {
+        let inner = &*self.inner;
+        let mut reauthenticated = false;
+        loop {
+            if let Some(limiter) = &inner.limiter {
+                limiter.until_ready().await;
+            }
+            // After the limiter: a pause may have started while this call waited.
+            if let Some(until) = self.paused_until() {
+                return Err(ApiError::new(ErrorKind::Paused(until), endpoint));
+            }
+            let token = inner
+                .tokens
+                .get()
+                .await
+                .map_err(|e| ApiError::new(ErrorKind::Token(e), endpoint))?;
+            let mut req = inner
+                .http
+                .request(Method::GET, url.clone())
+                .bearer_auth(token.expose())
+                .timeout(inner.timeout);
+            if let Some(u) = user_id {
+                req = req.header("sc-user-id", u);
+            }
+            inner.stats.calls.fetch_add(1, Ordering::Relaxed);
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => return Err(self.transport_error(endpoint, &e)),
+            };
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let request_id = headers
+                .get("sc-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) => return Err(self.transport_error(endpoint, &e)),
+            };
+            if status.is_success() {
+                inner.stats.ok.fetch_add(1, Ordering::Relaxed);
+                inner.stats.record(endpoint, "2xx");
+                let v = serde_json::from_slice(&body).map_err(|e| {
+                    malformed(endpoint, format!("not JSON: {e}"), request_id.clone())
+                })?;
+                return Ok((v, request_id));
+            }
+            inner.stats.record(
+                endpoint,
+                if status.is_server_error() { "5xx" } else { "4xx" },
+            );
+            let err =
+                ApiError::from_response(endpoint, status.as_u16(), &headers, &body, Utc::now());
+            match status {
+                StatusCode::UNAUTHORIZED => {
+                    inner.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+                    if !reauthenticated {
+                        // Drop that token (once, however many calls saw it fail), retry once.
+                        inner.tokens.invalidate(token.generation);
+                        reauthenticated = true;
+                        continue;
+                    }
+                }
+                StatusCode::TOO_MANY_REQUESTS => {
+                    match err.action(Utc::now()) {
+                        super::Action::PauseApp(until) => {
+                            inner.stats.rate_limited_app.fetch_add(1, Ordering::Relaxed);
+                            // Stop this process's other workers before they send.
+                            self.pause_until(until);
+                            crate::events::rate_limited("app", until, err.request_id.as_deref());
+                        }
+                        super::Action::RetryAt(until) => {
+                            inner.stats.rate_limited_vehicle.fetch_add(1, Ordering::Relaxed);
+                            crate::events::rate_limited(
+                                "vehicle",
+                                until,
+                                err.request_id.as_deref(),
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                s if s.is_server_error() => {
+                    inner.stats.server_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    inner.stats.client_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return Err(err);
+        }
+    }
+
+    fn transport_error(&self, endpoint: &'static str, e: &reqwest::Error) -> ApiError {
+        self.inner
+            .stats
+            .transport_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.record(endpoint, "error");
+        let kind = if e.is_timeout() {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Transport
+        };
+        ApiError::new(kind, endpoint).with_detail(describe_transport(e))
+    }
+}
+
+fn malformed(endpoint: &'static str, e: impl ToString, request_id: Option<String>) -> ApiError {
+    ApiError::new(ErrorKind::Malformed, endpoint)
+        .with_detail(e.to_string())
+        .with_request_id(request_id)
+}
+
+/// Ids are opaque; keep them to one path segment.
+fn encode(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
+/// Pages through `GET /connections` (contract §3). It ends on any last-page signal, and a server
+/// that repeats a page or never ends cannot keep it going: a repeated page or more pages than
+/// possible is an error.
+pub struct ConnectionsPager {
+    client: Client,
+    user_id: Option<String>,
+    page: i64,
+    done: bool,
+    /// Fingerprints of the pages seen so far (connection ids), to catch a repeated page.
+    seen: HashSet<Vec<String>>,
+}
+
+impl ConnectionsPager {
+    /// The next page, or `None` after the last.
+    pub async fn next_page(&mut self) -> Option<Result<ConnectionsPage, ApiError>> {
+        if self.done {
+            return None;
+        }
+        let runaway = |detail: &str| {
+            Some(Err(
+                ApiError::new(ErrorKind::Runaway, "connections").with_detail(detail.to_owned())
+            ))
+        };
+        if self.page > MAX_PAGES {
+            self.done = true;
+            return runaway("more pages than the cap allows");
+        }
+        let result = self
+            .client
+            .connections_page(self.user_id.as_deref(), self.page)
+            .await;
+        let page = match result {
+            Ok(p) => p,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        let fingerprint: Vec<String> = page
+            .connections
+            .iter()
+            .map(|c| c.connection_id.clone())
+            .collect();
+        if !fingerprint.is_empty() && !self.seen.insert(fingerprint) {
+            self.done = true;
+            return runaway(&format!("page {} repeats an earlier page", self.page));
+        }
+        if let (Some(total), Some(size)) = (page.total_count, page.page_size)
+            && size > 0
+            && self.page > total / size + 1
+        {
+            self.done = true;
+            return runaway("more pages than totalCount allows");
+        }
+        self.done = page.is_last(self.page, PAGE_SIZE);
+        self.page += 1;
+        Some(Ok(page))
+    }
+
+    /// Every connection on every page.
+    pub async fn collect_all(mut self) -> Result<Vec<Connection>, ApiError> {
+        let mut all = Vec::new();
+        while let Some(page) = self.next_page().await {
+            all.extend(page?.connections);
+        }
+        Ok(all)
+    }
+
+    /// Pages fetched so far.
+    pub fn pages_fetched(&self) -> i64 {
+        self.page - 1
+    }
+}

@@ -1,0 +1,21 @@
+//! The Smartcar v3 client: everything the daemon says to Smartcar goes through here.
+//!
+//! - [`auth`]: the single-flight token provider (the only caller of the token endpoint);
+//! - [`client`]: the calls (connections pager, signals, vehicle) behind one gate: app pause,
+//!   rate limiter, token, one retry after a 401;
+//! - [`model`]: wire shapes and every variant the public sources disagree on;
+//! - [`error`]: failures classified into the [`Action`] the caller must take;
+//! - [`time`]: the three timestamp formats and `Retry-After`.
+//!
+//! It knows nothing of the database or the queue.
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod model;
+pub mod time;
+
+pub use auth::{AccessToken, SecretSource, TokenConfig, TokenError, TokenProvider};
+pub use client::{Client, ClientConfig, ConnectionsPager, RateLimit};
+pub use error::{Action, ApiError, ErrorKind, VehicleProblem};
+pub use model::{Connection, ConnectionsPage, Signal, SignalStatus, VehicleInfo};

@@ -1,0 +1,501 @@
+//! The v3 wire shapes and every variant the public sources disagree on (contract §3, §4, §7).
+//!
+//! Rule: accept every documented variant. Parsing walks `serde_json::Value` rather than fixed
+//! structs, because the same datum lives under different names (`pageNumber`/`page`,
+//! `prev`/`previous`) or places (user id in `relationships` or `attributes`), and numbers arrive
+//! as strings.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::time::parse_timestamp;
+
+/// Why a success answer could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ShapeError(pub String);
+
+fn shape(msg: impl Into<String>) -> ShapeError {
+    ShapeError(msg.into())
+}
+
+/// A number that may arrive as a JSON number or a string.
+fn lenient_i64(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn string_at(v: &Value, pointer: &str) -> Option<String> {
+    match v.pointer(pointer)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// One connection: a vehicle a user has connected to the application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connection {
+    pub connection_id: String,
+    pub vehicle_id: String,
+    /// Absent only when the server put it nowhere; callers filtering by user know it anyway.
+    pub user_id: Option<String>,
+    pub make: Option<String>,
+    pub model: Option<String>,
+    pub year: Option<i64>,
+    pub mode: Option<String>,
+    pub powertrain_type: Option<String>,
+    pub permissions: Vec<String>,
+}
+
+impl Connection {
+    fn from_value(v: &Value) -> Result<Self, ShapeError> {
+        let vehicle_id = string_at(v, "/relationships/vehicle/data/id")
+            .or_else(|| string_at(v, "/attributes/vehicle/id"))
+            .ok_or_else(|| shape("connection without a vehicle id"))?;
+        let connection_id = string_at(v, "/id").unwrap_or_else(|| vehicle_id.clone());
+        let user_id = string_at(v, "/relationships/user/data/id")
+            .or_else(|| string_at(v, "/attributes/user/id"));
+        let veh = v.pointer("/attributes/vehicle");
+        let attr = |k: &str| veh.and_then(|x| x.get(k)).and_then(Value::as_str).map(str::to_owned);
+        let permissions = v
+            .pointer("/attributes/permissions")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Connection {
+            connection_id,
+            vehicle_id,
+            user_id,
+            make: attr("make"),
+            model: attr("model"),
+            year: lenient_i64(veh.and_then(|x| x.get("year"))),
+            mode: attr("mode"),
+            powertrain_type: attr("powertrainType"),
+            permissions,
+        })
+    }
+}
+
+/// One page of `GET /connections`, with the paging facts the server chose to give.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionsPage {
+    pub connections: Vec<Connection>,
+    pub page_number: Option<i64>,
+    pub page_size: Option<i64>,
+    pub total_count: Option<i64>,
+    /// `Some(Some(url))`: a next link; `Some(None)`: a links object without one (last page);
+    /// `None`: no links object at all (rely on the totals).
+    pub next: Option<Option<String>>,
+}
+
+impl ConnectionsPage {
+    pub fn parse(v: &Value) -> Result<Self, ShapeError> {
+        let data = match v.get("data") {
+            Some(Value::Array(a)) => a.as_slice(),
+            Some(Value::Null) | None => &[],
+            Some(_) => return Err(shape("`data` is not a list")),
+        };
+        let connections = data
+            .iter()
+            .map(Connection::from_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        let meta = v.get("meta");
+        let m = |k: &str| lenient_i64(meta.and_then(|m| m.get(k)));
+        let next = v.get("links").filter(|l| l.is_object()).map(|l| {
+            l.get("next")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        });
+        Ok(ConnectionsPage {
+            connections,
+            page_number: m("pageNumber").or_else(|| m("page")),
+            page_size: m("pageSize"),
+            total_count: m("totalCount"),
+            next,
+        })
+    }
+
+    /// The contract's last-page rule: `links.next` null or absent, or
+    /// `pageNumber * pageSize >= totalCount`, or empty `data`, whichever comes first.
+    pub fn is_last(&self, requested_page: i64, requested_size: i64) -> bool {
+        if self.connections.is_empty() {
+            return true;
+        }
+        if let Some(None) = self.next {
+            return true;
+        }
+        if let Some(total) = self.total_count {
+            let page = self.page_number.unwrap_or(requested_page);
+            let size = self.page_size.unwrap_or(requested_size).max(1);
+            if page.saturating_mul(size) >= total {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A signal's status (contract §4): per-signal failures do not fail the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalStatus {
+    Success,
+    Error {
+        error_type: Option<String>,
+        code: Option<String>,
+    },
+    Unavailable,
+    /// A status this version does not know; kept verbatim.
+    Other(String),
+}
+
+impl SignalStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            SignalStatus::Success => "SUCCESS",
+            SignalStatus::Error { .. } => "ERROR",
+            SignalStatus::Unavailable => "UNAVAILABLE",
+            SignalStatus::Other(s) => s,
+        }
+    }
+}
+
+/// One signal reading, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signal {
+    pub code: String,
+    pub name: Option<String>,
+    pub group: Option<String>,
+    pub status: SignalStatus,
+    /// The raw body, kept whole: location, doors and others are not `{value, unit}`.
+    pub body: Option<Value>,
+    /// `body.value` when it is one number, or a boolean as 0/1.
+    pub value_num: Option<f64>,
+    pub unit: Option<String>,
+    /// When the car measured it.
+    pub oem_updated_at: Option<DateTime<Utc>>,
+    pub retrieved_at: Option<DateTime<Utc>>,
+    pub ingested_at: Option<DateTime<Utc>>,
+}
+
+impl Signal {
+    /// Reads a signal in the API's shape (fields under `attributes`) or the webhook's flat shape.
+    pub fn from_value(v: &Value) -> Result<Self, ShapeError> {
+        let attrs = v.get("attributes").filter(|a| a.is_object()).unwrap_or(v);
+        let code = attrs
+            .get("code")
+            .or_else(|| v.get("id"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| shape("signal without a code"))?
+            .to_owned();
+        let text = |k: &str| attrs.get(k).and_then(Value::as_str).map(str::to_owned);
+        let status = match attrs.get("status") {
+            // `{"value": "SUCCESS"}`, or a bare string in older shapes; no status means success.
+            Some(Value::Object(s)) => status_of(
+                s.get("value").and_then(Value::as_str).unwrap_or("SUCCESS"),
+                s.get("error"),
+            ),
+            Some(Value::String(s)) => status_of(s, None),
+            _ => SignalStatus::Success,
+        };
+        let body = attrs.get("body").filter(|b| !b.is_null()).cloned();
+        let value_num = body.as_ref().and_then(|b| match b.get("value") {
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::Bool(b)) => Some(if *b { 1.0 } else { 0.0 }),
+            _ => None,
+        });
+        let unit = body
+            .as_ref()
+            .and_then(|b| b.get("unit"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let meta = v.get("meta").or_else(|| attrs.get("meta"));
+        let ts = |k: &str| meta.and_then(|m| m.get(k)).and_then(parse_timestamp);
+        Ok(Signal {
+            code,
+            name: text("name"),
+            group: text("group"),
+            status,
+            body,
+            value_num,
+            unit,
+            oem_updated_at: ts("oemUpdatedAt"),
+            retrieved_at: ts("retrievedAt"),
+            ingested_at: ts("ingestedAt"),
+        })
+    }
+
+    /// When the reading was taken, the sample's key: the car's time, else Smartcar's ingest
+    /// time. Never `retrievedAt`, which changes on every poll and would duplicate a reading.
+    pub fn recorded_at(&self) -> Option<DateTime<Utc>> {
+        self.oem_updated_at.or(self.ingested_at)
+    }
+}
+
+fn status_of(value: &str, error: Option<&Value>) -> SignalStatus {
+    match value.to_ascii_uppercase().as_str() {
+        "SUCCESS" => SignalStatus::Success,
+        "UNAVAILABLE" => SignalStatus::Unavailable,
+        "ERROR" => SignalStatus::Error {
+            error_type: error
+                .and_then(|e| e.get("type"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            code: error
+                .and_then(|e| e.get("code"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        },
+        _ => SignalStatus::Other(value.to_owned()),
+    }
+}
+
+/// One page of `GET /vehicles/{id}/signals`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalsPage {
+    pub signals: Vec<Signal>,
+    pub next: Option<String>,
+}
+
+impl SignalsPage {
+    pub fn parse(v: &Value) -> Result<Self, ShapeError> {
+        let data = match v.get("data") {
+            Some(Value::Array(a)) => a.as_slice(),
+            Some(Value::Null) | None => &[],
+            Some(_) => return Err(shape("`data` is not a list")),
+        };
+        let signals = data
+            .iter()
+            .map(Signal::from_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = v
+            .pointer("/links/next")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        Ok(SignalsPage { signals, next })
+    }
+}
+
+/// `GET /vehicles/{id}`, wrapped (`{"data": {…}}`) or not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VehicleInfo {
+    pub vehicle_id: String,
+    pub make: Option<String>,
+    pub model: Option<String>,
+    pub year: Option<i64>,
+    pub mode: Option<String>,
+    pub powertrain_type: Option<String>,
+}
+
+impl VehicleInfo {
+    pub fn parse(v: &Value) -> Result<Self, ShapeError> {
+        let v = unwrap_resource(v);
+        let attrs = v.get("attributes").filter(|a| a.is_object()).unwrap_or(v);
+        let text = |k: &str| attrs.get(k).and_then(Value::as_str).map(str::to_owned);
+        Ok(VehicleInfo {
+            vehicle_id: string_at(v, "/id").ok_or_else(|| shape("vehicle without an id"))?,
+            make: text("make"),
+            model: text("model"),
+            year: lenient_i64(attrs.get("year")),
+            mode: text("mode"),
+            powertrain_type: text("powertrainType"),
+        })
+    }
+}
+
+/// Both wrapped and unwrapped single resources occur: `{"data": {…}}` or the resource itself.
+pub fn unwrap_resource(v: &Value) -> &Value {
+    match v.get("data") {
+        Some(inner @ Value::Object(_)) => inner,
+        _ => v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn connection(year: Value, user_in_attrs: bool, user_in_rel: bool) -> Value {
+        let mut c = json!({"id": "c1", "type": "connection",
+            "attributes": {"permissions": ["read_odometer", "read_battery"],
+                           "vehicle": {"make": "Tesla", "model": "Model 3", "year": year,
+                                       "mode": "live", "powertrainType": "BEV"}},
+            "relationships": {"vehicle": {"data": {"id": "v1", "type": "vehicle"}}},
+            "meta": {"createdAt": "2024-01-01T00:00:00Z", "updatedAt": "2024-01-02T00:00:00Z"}});
+        if user_in_attrs {
+            c["attributes"]["user"] = json!({"id": "u1"});
+        }
+        if user_in_rel {
+            c["relationships"]["user"] = json!({"data": {"id": "u1", "type": "user"}});
+        }
+        c
+    }
+
+    #[test]
+    fn connections_parse_in_every_documented_variant() {
+        for (year, a, r) in [
+            (json!(2021), false, true),
+            (json!("2021"), true, false),
+            (json!(2021), true, true),
+        ] {
+            let page = json!({"data": [connection(year, a, r)],
+                "meta": {"pageNumber": 1, "pageSize": 100, "totalCount": 1},
+                "links": {"self": "x", "first": "x", "prev": null, "next": null, "last": "x"}});
+            let p = ConnectionsPage::parse(&page).unwrap();
+            let c = &p.connections[0];
+            assert_eq!(c.vehicle_id, "v1");
+            assert_eq!(c.user_id.as_deref(), Some("u1"));
+            assert_eq!(c.year, Some(2021));
+            assert_eq!(c.powertrain_type.as_deref(), Some("BEV"));
+            assert_eq!(c.permissions.len(), 2);
+            assert!(p.is_last(1, 100));
+        }
+    }
+
+    #[test]
+    fn the_alternate_paging_names_are_read() {
+        let page = json!({"data": [connection(json!(2020), false, true)],
+            "meta": {"page": 2, "pageSize": 100, "totalCount": 250},
+            "links": {"previous": "p1", "next": "p3"}});
+        let p = ConnectionsPage::parse(&page).unwrap();
+        assert_eq!(p.page_number, Some(2));
+        assert_eq!(p.next, Some(Some("p3".into())));
+        assert!(!p.is_last(2, 100));
+    }
+
+    #[test]
+    fn each_last_page_signal_ends_paging() {
+        let one = || json!([connection(json!(2020), false, true)]);
+        // totals say so, although a next link is present
+        let p = ConnectionsPage::parse(&json!({"data": one(),
+            "meta": {"pageNumber": 3, "pageSize": 100, "totalCount": 250}, "links": {"next": "p4"}}))
+        .unwrap();
+        assert!(p.is_last(3, 100));
+        // links object without next, no totals
+        let p = ConnectionsPage::parse(&json!({"data": one(), "links": {"self": "s"}})).unwrap();
+        assert!(p.is_last(1, 100));
+        // empty data
+        let p = ConnectionsPage::parse(&json!({"data": [], "links": {"next": "p2"}})).unwrap();
+        assert!(p.is_last(1, 100));
+        // no links object and no totals: not known to be last
+        let p = ConnectionsPage::parse(&json!({"data": one()})).unwrap();
+        assert!(!p.is_last(1, 100));
+    }
+
+    #[test]
+    fn a_connection_without_a_vehicle_is_malformed() {
+        let page = json!({"data": [{"id": "c1", "attributes": {}}]});
+        assert!(ConnectionsPage::parse(&page).is_err());
+    }
+
+    fn contract_signals() -> Value {
+        json!({"data": [
+            {"id": "odometer-traveleddistance", "type": "signal",
+             "attributes": {"code": "odometer-traveleddistance", "name": "TraveledDistance",
+                            "group": "Odometer", "status": {"value": "SUCCESS"},
+                            "body": {"unit": "kilometers", "value": 115071.5}},
+             "meta": {"retrievedAt": 1752104218549_i64, "oemUpdatedAt": 1752104118549_i64}},
+            {"id": "charge-ischarging", "type": "signal",
+             "attributes": {"code": "charge-ischarging", "status": {"value": "SUCCESS"},
+                            "body": {"value": true}},
+             "meta": {"retrievedAt": "2025-07-09T23:36:58.549Z", "oemUpdatedAt": 1752104118}},
+            {"id": "location-preciselocation", "type": "signal",
+             "attributes": {"code": "location-preciselocation", "status": {"value": "SUCCESS"},
+                            "body": {"latitude": 37.77, "longitude": -122.42, "heading": 90,
+                                     "direction": "E", "locationType": "GPS"}},
+             "meta": {"retrievedAt": 1752104218549_i64, "oemUpdatedAt": 1752104118549_i64}},
+            {"id": "closure-doors", "type": "signal",
+             "attributes": {"code": "closure-doors", "status": {"value": "SUCCESS"},
+                            "body": {"values": [{"row": 0, "column": 0, "isOpen": false}],
+                                     "rowCount": 2, "columnCount": 2}},
+             "meta": {"retrievedAt": 1752104218549_i64, "oemUpdatedAt": 1752104118549_i64}},
+            {"id": "tractionbattery-range", "type": "signal",
+             "attributes": {"code": "tractionbattery-range",
+                            "status": {"value": "ERROR", "error": {"type": "COMPATIBILITY",
+                                                                   "code": "VEHICLE_NOT_CAPABLE"}}},
+             "meta": {"retrievedAt": 1752104218549_i64}},
+            {"id": "fuel-level", "type": "signal",
+             "attributes": {"code": "fuel-level", "status": {"value": "UNAVAILABLE"}},
+             "meta": {"retrievedAt": 1752104218549_i64}}],
+          "meta": {"page": 1, "pageSize": 6, "totalCount": 6},
+          "links": {"self": "/vehicles/v1/signals"},
+          "included": {"vehicle": {"id": "v1", "type": "vehicle",
+                                   "attributes": {"make": "TESLA", "model": "Model Y", "year": "2021"}}}})
+    }
+
+    #[test]
+    fn the_contract_signals_example_parses_with_every_body_shape() {
+        let p = SignalsPage::parse(&contract_signals()).unwrap();
+        assert_eq!(p.signals.len(), 6);
+        assert_eq!(p.next, None);
+        let odo = &p.signals[0];
+        assert_eq!(odo.value_num, Some(115071.5));
+        assert_eq!(odo.unit.as_deref(), Some("kilometers"));
+        assert_eq!(
+            odo.oem_updated_at.map(|t| t.timestamp_millis()),
+            Some(1752104118549)
+        );
+        let charging = &p.signals[1];
+        assert_eq!(charging.value_num, Some(1.0));
+        assert_eq!(
+            charging.oem_updated_at.map(|t| t.timestamp()),
+            Some(1752104118)
+        );
+        assert_eq!(
+            charging.retrieved_at.map(|t| t.timestamp_millis()),
+            Some(1752104218549)
+        );
+        assert_eq!(p.signals[2].value_num, None);
+        assert_eq!(p.signals[2].body.as_ref().unwrap()["latitude"], 37.77);
+        assert_eq!(p.signals[3].value_num, None);
+        assert_eq!(
+            p.signals[4].status,
+            SignalStatus::Error {
+                error_type: Some("COMPATIBILITY".into()),
+                code: Some("VEHICLE_NOT_CAPABLE".into())
+            }
+        );
+        assert_eq!(p.signals[4].body, None);
+        assert_eq!(p.signals[5].status, SignalStatus::Unavailable);
+    }
+
+    #[test]
+    fn an_empty_signals_list_is_a_valid_answer() {
+        let p = SignalsPage::parse(&json!({"data": [], "links": {"self": "/x"}})).unwrap();
+        assert!(p.signals.is_empty());
+    }
+
+    #[test]
+    fn webhook_signals_are_flat() {
+        let s = Signal::from_value(&json!({"code": "tractionbattery-stateofcharge",
+            "name": "StateOfCharge", "group": "TractionBattery",
+            "body": {"value": 80, "unit": "percent"}, "status": {"value": "SUCCESS"},
+            "meta": {"oemUpdatedAt": 1761896351529_i64, "retrievedAt": 1761896351600_i64}}))
+        .unwrap();
+        assert_eq!(s.value_num, Some(80.0));
+        assert_eq!(s.recorded_at().map(|t| t.timestamp_millis()), Some(1761896351529));
+    }
+
+    #[test]
+    fn single_resources_parse_wrapped_and_unwrapped() {
+        let inner = json!({"id": "v1", "type": "vehicle",
+            "attributes": {"make": "TESLA", "model": "Model Y", "year": "2021"}});
+        for v in [inner.clone(), json!({"data": inner})] {
+            let info = VehicleInfo::parse(&v).unwrap();
+            assert_eq!(info.vehicle_id, "v1");
+            assert_eq!(info.year, Some(2021));
+        }
+    }
+}

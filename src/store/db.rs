@@ -1,0 +1,280 @@
+//! A thin backend-neutral layer over the two pools.
+//!
+//! SQLite accepts PostgreSQL's `$N` placeholders, so most statements are one SQL string for both
+//! backends. What differs is how values travel: timestamps are bound as the fixed-format TEXT on
+//! SQLite and as TIMESTAMPTZ on PostgreSQL, lists as a JSON array (read with `json_each`) on
+//! SQLite and as a `text[]` on PostgreSQL. [`Arg`] and [`Row`] hide exactly that, nothing more.
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{PgPool, Postgres, Row as _, Sqlite, SqlitePool};
+
+use super::{StoreError, time};
+
+/// Which database a statement runs on; picks the SQL where the dialects differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The SQLite or the PostgreSQL spelling of a statement.
+    pub(crate) fn pick<'a>(self, sqlite: &'a str, postgres: &'a str) -> &'a str {
+        match self {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// One bound value.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg<'a> {
+    Text(Option<&'a str>),
+    Int(Option<i64>),
+    Time(Option<DateTime<Utc>>),
+    /// A list of strings: JSON text on SQLite (`json_each`), `text[]` on PostgreSQL (`UNNEST`).
+    List(&'a [String]),
+}
+
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(v: &'a str) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Arg::Text(v)
+    }
+}
+impl From<i64> for Arg<'_> {
+    fn from(v: i64) -> Self {
+        Arg::Int(Some(v))
+    }
+}
+impl From<Option<i64>> for Arg<'_> {
+    fn from(v: Option<i64>) -> Self {
+        Arg::Int(v)
+    }
+}
+impl From<DateTime<Utc>> for Arg<'_> {
+    fn from(v: DateTime<Utc>) -> Self {
+        Arg::Time(Some(v))
+    }
+}
+impl From<Option<DateTime<Utc>>> for Arg<'_> {
+    fn from(v: Option<DateTime<Utc>>) -> Self {
+        Arg::Time(v)
+    }
+}
+impl<'a> From<&'a [String]> for Arg<'a> {
+    fn from(v: &'a [String]) -> Self {
+        Arg::List(v)
+    }
+}
+
+/// `args![a, b, c]`: a slice of [`Arg`]s, converting each value with `From`.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => { &[$($crate::store::db::Arg::from($v)),*][..] };
+}
+pub(crate) use args;
+
+fn json_list(v: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("list to JSON: {e}")))
+}
+
+fn sqlite_query<'q>(
+    sql: &'q str,
+    args: &'q [Arg<'q>],
+) -> Result<Query<'q, Sqlite, SqliteArguments<'q>>, StoreError> {
+    let mut q = sqlx::query(sql);
+    for a in args {
+        q = match *a {
+            Arg::Text(v) => q.bind(v),
+            Arg::Int(v) => q.bind(v),
+            Arg::Time(v) => q.bind(v.map(time::to_text)),
+            Arg::List(v) => q.bind(json_list(v)?),
+        };
+    }
+    Ok(q)
+}
+
+fn pg_query<'q>(sql: &'q str, args: &'q [Arg<'q>]) -> Query<'q, Postgres, PgArguments> {
+    let mut q = sqlx::query(sql);
+    for a in args {
+        q = match *a {
+            Arg::Text(v) => q.bind(v),
+            Arg::Int(v) => q.bind(v),
+            Arg::Time(v) => q.bind(v),
+            Arg::List(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+impl Pool {
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Runs one statement in autocommit; returns the rows it changed.
+    pub(crate) async fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(p) => sqlite_query(sql, args)?.execute(p).await?.rows_affected(),
+            Pool::Postgres(p) => pg_query(sql, args).execute(p).await?.rows_affected(),
+        })
+    }
+
+    pub(crate) async fn all(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(p) => sqlite_query(sql, args)?
+                .fetch_all(p)
+                .await?
+                .into_iter()
+                .map(Row::Sqlite)
+                .collect(),
+            Pool::Postgres(p) => pg_query(sql, args)
+                .fetch_all(p)
+                .await?
+                .into_iter()
+                .map(Row::Postgres)
+                .collect(),
+        })
+    }
+
+    pub(crate) async fn opt(&self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Row>, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(p) => sqlite_query(sql, args)?
+                .fetch_optional(p)
+                .await?
+                .map(Row::Sqlite),
+            Pool::Postgres(p) => pg_query(sql, args)
+                .fetch_optional(p)
+                .await?
+                .map(Row::Postgres),
+        })
+    }
+
+    /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`: the write lock is taken
+    /// up front, so a concurrent writer waits on busy_timeout instead of failing with
+    /// SQLITE_BUSY when a read transaction would later need to upgrade.
+    pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+}
+
+/// An open transaction; dropped without [`Tx::commit`] it rolls back.
+pub(crate) enum Tx {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+impl Tx {
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Tx::Sqlite(_) => Backend::Sqlite,
+            Tx::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    pub(crate) async fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        Ok(match self {
+            Tx::Sqlite(t) => sqlite_query(sql, args)?
+                .execute(&mut **t)
+                .await?
+                .rows_affected(),
+            Tx::Postgres(t) => pg_query(sql, args).execute(&mut **t).await?.rows_affected(),
+        })
+    }
+
+    pub(crate) async fn all(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<Row>, StoreError> {
+        Ok(match self {
+            Tx::Sqlite(t) => sqlite_query(sql, args)?
+                .fetch_all(&mut **t)
+                .await?
+                .into_iter()
+                .map(Row::Sqlite)
+                .collect(),
+            Tx::Postgres(t) => pg_query(sql, args)
+                .fetch_all(&mut **t)
+                .await?
+                .into_iter()
+                .map(Row::Postgres)
+                .collect(),
+        })
+    }
+
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// A result row; accessors decode by column name into the API's types.
+pub(crate) enum Row {
+    Sqlite(SqliteRow),
+    Postgres(PgRow),
+}
+
+impl Row {
+    pub(crate) fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(match self {
+            Row::Sqlite(r) => r.try_get(col)?,
+            Row::Postgres(r) => r.try_get(col)?,
+        })
+    }
+
+    pub(crate) fn text(&self, col: &str) -> Result<String, StoreError> {
+        self.opt_text(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {col} is NULL")))
+    }
+
+    pub(crate) fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        Ok(match self {
+            Row::Sqlite(r) => r.try_get(col)?,
+            Row::Postgres(r) => r.try_get(col)?,
+        })
+    }
+
+    pub(crate) fn int(&self, col: &str) -> Result<i64, StoreError> {
+        self.opt_int(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {col} is NULL")))
+    }
+
+    pub(crate) fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self {
+            Row::Sqlite(r) => r
+                .try_get::<Option<String>, _>(col)?
+                .map(|s| time::from_text(&s))
+                .transpose(),
+            Row::Postgres(r) => Ok(r.try_get(col)?),
+        }
+    }
+
+    pub(crate) fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
+        self.opt_time(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {col} is NULL")))
+    }
+}

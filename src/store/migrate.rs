@@ -1,0 +1,70 @@
+//! Migrations embedded at compile time.
+//!
+//! `sqlx::migrate!` needs sqlx's macros feature, which this crate does not enable; instead the
+//! SQL files are `include_str!`-ed and handed to sqlx's ordinary [`Migrator`] through a
+//! [`MigrationSource`], so the binary is self-contained and sqlx still records versions and
+//! checksums in `_sqlx_migrations` (and takes its advisory lock on PostgreSQL, so several
+//! daemons starting at once migrate once).
+
+use std::borrow::Cow;
+
+use futures::future::BoxFuture;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+
+/// (version, description, SQL). The two lists are kept version for version.
+type Embedded = &'static [(i64, &'static str, &'static str)];
+
+const SQLITE: Embedded = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+const POSTGRES: Embedded = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+#[derive(Debug)]
+struct Source(Embedded);
+
+impl MigrationSource<'static> for Source {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        let migrations = self
+            .0
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(sql),
+                    false,
+                )
+            })
+            .collect();
+        Box::pin(async move { Ok(migrations) })
+    }
+}
+
+pub(crate) async fn sqlite() -> Result<Migrator, sqlx::migrate::MigrateError> {
+    Migrator::new(Source(SQLITE)).await
+}
+
+pub(crate) async fn postgres() -> Result<Migrator, sqlx::migrate::MigrateError> {
+    Migrator::new(Source(POSTGRES)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_have_the_same_versions() {
+        let s: Vec<_> = SQLITE.iter().map(|m| (m.0, m.1)).collect();
+        let p: Vec<_> = POSTGRES.iter().map(|m| (m.0, m.1)).collect();
+        assert_eq!(s, p);
+    }
+}

@@ -1,0 +1,241 @@
+//! PostgreSQL-only statements: array (UNNEST) inserts and monthly partition management.
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use super::{NewSample, SignalState, StoreError};
+
+/// Serialises partition DDL between daemons sharing the database.
+const PARTITION_LOCK: i64 = 0x5343_5359_4e43_0001;
+
+/// Inserts all samples in ONE statement (one round trip, whatever the count); rows already
+/// stored are left as they are (first writer wins). Returns the rows inserted.
+pub(crate) async fn insert_samples(
+    tx: &mut Transaction<'static, Postgres>,
+    samples: &[NewSample],
+    ingested_at: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    if samples.is_empty() {
+        return Ok(0);
+    }
+    let n = samples.len();
+    let (mut vid, mut code, mut rec, mut val, mut unit, mut body, mut src) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for s in samples {
+        vid.push(s.vehicle_id.as_str());
+        code.push(s.code.as_str());
+        rec.push(s.recorded_at);
+        val.push(s.value_num);
+        unit.push(s.unit.as_deref());
+        body.push(s.body.as_str());
+        src.push(s.source.as_str());
+    }
+    let done = sqlx::query(
+        "INSERT INTO signal_samples \
+         (vehicle_id, code, recorded_at, value_num, unit, body, source, ingested_at) \
+         SELECT v, c, r, n, u, b::jsonb, s, $8 \
+         FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[], \
+                     $6::text[], $7::text[]) AS t(v, c, r, n, u, b, s) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(vid)
+    .bind(code)
+    .bind(rec)
+    .bind(val)
+    .bind(unit)
+    .bind(body)
+    .bind(src)
+    .bind(ingested_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Upserts signal statuses (already deduplicated: ON CONFLICT DO UPDATE may not touch a row
+/// twice) in one statement; an older observation never overwrites a newer.
+pub(crate) async fn upsert_statuses(
+    tx: &mut Transaction<'static, Postgres>,
+    statuses: &[SignalState],
+) -> Result<(), StoreError> {
+    if statuses.is_empty() {
+        return Ok(());
+    }
+    let vid: Vec<&str> = statuses.iter().map(|s| s.vehicle_id.as_str()).collect();
+    let code: Vec<&str> = statuses.iter().map(|s| s.code.as_str()).collect();
+    let status: Vec<&str> = statuses.iter().map(|s| s.status.as_str()).collect();
+    let etype: Vec<Option<&str>> = statuses.iter().map(|s| s.error_type.as_deref()).collect();
+    let ecode: Vec<Option<&str>> = statuses.iter().map(|s| s.error_code.as_deref()).collect();
+    let at: Vec<DateTime<Utc>> = statuses.iter().map(|s| s.observed_at).collect();
+    sqlx::query(
+        "INSERT INTO signal_status \
+         (vehicle_id, code, status, error_type, error_code, observed_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                              $6::timestamptz[]) \
+         ON CONFLICT (vehicle_id, code) DO UPDATE SET status = excluded.status, \
+         error_type = excluded.error_type, error_code = excluded.error_code, \
+         observed_at = excluded.observed_at \
+         WHERE signal_status.observed_at <= excluded.observed_at",
+    )
+    .bind(vid)
+    .bind(code)
+    .bind(status)
+    .bind(etype)
+    .bind(ecode)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// (year, month) shifted by `delta` months.
+fn shift_month(year: i32, month: u32, delta: i32) -> (i32, u32) {
+    let index = year * 12 + (month as i32 - 1) + delta;
+    (index.div_euclid(12), index.rem_euclid(12) as u32 + 1)
+}
+
+fn month_start(year: i32, month: u32) -> Result<DateTime<Utc>, StoreError> {
+    Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt(format!("no such month {year}-{month}")))
+}
+
+fn partition_name(year: i32, month: u32) -> String {
+    format!("signal_samples_{year:04}{month:02}")
+}
+
+/// Parses `signal_samples_YYYYMM` into (year, month).
+fn parse_partition_name(name: &str) -> Option<(i32, u32)> {
+    let digits = name.strip_prefix("signal_samples_")?;
+    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let year = digits[..4].parse().ok()?;
+    let month = digits[4..].parse().ok()?;
+    (1..=12).contains(&month).then_some((year, month))
+}
+
+/// PostgreSQL literal for a partition bound; built from integers, so safe to inline in DDL
+/// (bounds cannot be bind parameters).
+fn bound(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S+00").to_string()
+}
+
+pub(crate) async fn ensure_partitions(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    months_ahead: u32,
+) -> Result<Vec<String>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PARTITION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let ahead = i32::try_from(months_ahead).unwrap_or(i32::MAX).min(1200);
+    let mut created = Vec::new();
+    for delta in -1..=ahead {
+        let (y, m) = shift_month(now.year(), now.month(), delta);
+        let (ny, nm) = shift_month(y, m, 1);
+        let (from, to) = (month_start(y, m)?, month_start(ny, nm)?);
+        let name = partition_name(y, m);
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(name.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        if exists {
+            continue;
+        }
+        // Attaching a range whose rows already sit in the default partition would fail;
+        // leave that month in the default partition rather than fail the daemon.
+        let in_default: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM signal_samples_default \
+             WHERE recorded_at >= $1 AND recorded_at < $2)",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_one(&mut *tx)
+        .await?;
+        if in_default {
+            tracing::warn!(partition = %name, "rows for this month are in the default partition; not creating it");
+            continue;
+        }
+        let ddl = format!(
+            "CREATE TABLE {name} PARTITION OF signal_samples FOR VALUES FROM ('{}') TO ('{}')",
+            bound(from),
+            bound(to)
+        );
+        // `query`, not `raw_sql`: raw_sql's future is not provably Send inside tokio::spawn.
+        sqlx::query(&ddl).execute(&mut *tx).await?;
+        created.push(name);
+    }
+    tx.commit().await?;
+    if !created.is_empty() {
+        tracing::info!(?created, "created sample partitions");
+    }
+    Ok(created)
+}
+
+pub(crate) async fn drop_partitions_before(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PARTITION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let rows = sqlx::query(
+        "SELECT c.relname::text AS name FROM pg_inherits i \
+         JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'signal_samples'::regclass",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut dropped = Vec::new();
+    for row in rows {
+        let name: String = row.try_get("name")?;
+        let Some((y, m)) = parse_partition_name(&name) else {
+            continue;
+        };
+        let (ny, nm) = shift_month(y, m, 1);
+        if month_start(ny, nm)? <= cutoff {
+            sqlx::query(&format!("DROP TABLE {name}"))
+                .execute(&mut *tx)
+                .await?;
+            dropped.push(name);
+        }
+    }
+    let stragglers = sqlx::query("DELETE FROM signal_samples_default WHERE recorded_at < $1")
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    dropped.sort();
+    tracing::info!(?dropped, stragglers, "applied sample retention");
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_shift_across_years() {
+        assert_eq!(shift_month(2024, 1, -1), (2023, 12));
+        assert_eq!(shift_month(2024, 12, 1), (2025, 1));
+        assert_eq!(shift_month(2024, 5, 20), (2026, 1));
+        assert_eq!(
+            parse_partition_name("signal_samples_202402"),
+            Some((2024, 2))
+        );
+        assert_eq!(parse_partition_name("signal_samples_default"), None);
+        assert_eq!(parse_partition_name("signal_samples_202413"), None);
+    }
+}
