@@ -18,7 +18,11 @@ use crate::store::{JobKind, UserSource};
 pub const EXIT_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
-#[command(name = "smartcar-sync", version, about = "Keeps a database full of fresh, correct Smartcar connected-car data")]
+#[command(
+    name = "smartcar-sync",
+    version,
+    about = "Keeps a database full of fresh, correct Smartcar connected-car data"
+)]
 pub struct Cli {
     /// The configuration file (default ./config.toml; missing means all defaults).
     #[arg(long, short, global = true, env = "SMARTCAR_SYNC_CONFIG")]
@@ -189,7 +193,10 @@ async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
 
 async fn migrated_store(config: &Config) -> anyhow::Result<crate::store::Store> {
     let store = open_store(config).await?;
-    store.migrate().await.context("cannot migrate the database")?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
     Ok(store)
 }
 
@@ -272,7 +279,10 @@ fn when(t: Option<chrono::DateTime<Utc>>) -> String {
 async fn status(config: Config) -> anyhow::Result<ExitCode> {
     let store = migrated_store(&config).await?;
     let now = Utc::now();
-    println!("database   {}", crate::daemon::redact_url(&config.database.url));
+    println!(
+        "database   {}",
+        crate::daemon::redact_url(&config.database.url)
+    );
     match store.app_paused_until(now).await? {
         Some(until) => println!("app pause  PAUSED until {until} (a 429 from Smartcar)"),
         None => println!("app pause  none"),
@@ -293,7 +303,10 @@ async fn status(config: Config) -> anyhow::Result<ExitCode> {
     }
     println!("samples    {}", store.sample_count().await?);
     println!();
-    println!("{:<18} {:>8} {:>8} {:>8} {:>8}", "QUEUE", "pending", "running", "done", "dead");
+    println!(
+        "{:<18} {:>8} {:>8} {:>8} {:>8}",
+        "QUEUE", "pending", "running", "done", "dead"
+    );
     let counts = store.queue_counts().await?;
     for kind in JobKind::ALL {
         let n = |state: &str| {
@@ -336,7 +349,12 @@ async fn status(config: Config) -> anyhow::Result<ExitCode> {
     println!();
     println!("{:<38} {:<10} LAST CONNECTIONS SYNC", "USER", "SOURCE");
     for u in users.iter().take(50) {
-        println!("{:<38} {:<10} {}", u.user_id, u.source.as_str(), when(u.last_synced_at));
+        println!(
+            "{:<38} {:<10} {}",
+            u.user_id,
+            u.source.as_str(),
+            when(u.last_synced_at)
+        );
     }
     if users.len() > 50 {
         println!("… and {} more (users list)", users.len() - 50);
@@ -397,7 +415,10 @@ async fn check_config(config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(_) => {
-            eprintln!("credentials: FAILED: no answer from {}", config.smartcar.auth_url);
+            eprintln!(
+                "credentials: FAILED: no answer from {}",
+                config.smartcar.auth_url
+            );
             ExitCode::FAILURE
         }
     }

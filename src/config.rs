@@ -289,10 +289,12 @@ impl Config {
 
     /// Parses TOML text; an unknown key or a wrongly typed value names its full key.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.message().to_owned(),
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: e.message().to_owned(),
+                })?;
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner().message().to_owned();
@@ -346,7 +348,10 @@ impl Config {
     /// Checks every value that has a shape beyond its type.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.smartcar;
-        for (key, url) in [("smartcar.auth_url", &s.auth_url), ("smartcar.api_url", &s.api_url)] {
+        for (key, url) in [
+            ("smartcar.auth_url", &s.auth_url),
+            ("smartcar.api_url", &s.api_url),
+        ] {
             match reqwest::Url::parse(url) {
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
                 Ok(_) => return Err(invalid(key, "must be an http(s) URL")),
@@ -363,7 +368,10 @@ impl Config {
             return Err(invalid("smartcar.request_timeout", "must be more than 0"));
         }
         let db = &self.database.url;
-        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
             return Err(invalid(
                 "database.url",
                 "must start with sqlite: or postgres://",
@@ -398,7 +406,10 @@ impl Config {
             ));
         }
         if !self.http.listen.is_empty() && SocketAddr::from_str(&self.http.listen).is_err() {
-            return Err(invalid("http.listen", "must be ADDRESS:PORT, or empty to turn it off"));
+            return Err(invalid(
+                "http.listen",
+                "must be ADDRESS:PORT, or empty to turn it off",
+            ));
         }
         if !self.retention.samples.is_empty() {
             parse_duration(&self.retention.samples).map_err(|e| invalid("retention.samples", e))?;
@@ -430,7 +441,10 @@ impl Config {
 
     /// Where the client secret comes from: a file wins over a value (it can be rotated).
     pub fn client_secret_source(&self) -> SecretSource {
-        match (&self.smartcar.client_secret_file, &self.smartcar.client_secret) {
+        match (
+            &self.smartcar.client_secret_file,
+            &self.smartcar.client_secret,
+        ) {
             (Some(path), _) => SecretSource::File(path.clone()),
             (None, Some(secret)) => SecretSource::value(secret.clone()),
             (None, None) => SecretSource::value(SecretString::from(String::new())),
@@ -472,7 +486,9 @@ fn unknown_field(message: &str) -> Option<String> {
 /// Parses `250ms`, `30s`, `10m`, `1h`, `400d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -539,7 +555,9 @@ mod tests {
 
     #[test]
     fn a_bad_value_is_named() {
-        let e = parse("[queue]\nconcurrency = \"many\"\n").unwrap_err().to_string();
+        let e = parse("[queue]\nconcurrency = \"many\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("queue.concurrency:"), "{e}");
         let e = parse("[schedule]\nsignals = \"every now and then\"\n")
             .unwrap_err()
@@ -549,7 +567,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("queue.shutdown_grace:"), "{e}");
-        let e = parse("[database]\nurl = \"mysql://x\"\n").unwrap_err().to_string();
+        let e = parse("[database]\nurl = \"mysql://x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("database.url:"), "{e}");
     }
 
@@ -572,7 +592,10 @@ mod tests {
     fn durations_parse() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("400d"), Ok(Duration::from_secs(400 * 86_400)));
+        assert_eq!(
+            parse_duration("400d"),
+            Ok(Duration::from_secs(400 * 86_400))
+        );
         assert!(parse_duration("soon").is_err());
     }
 }

@@ -25,7 +25,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     };
     Store::connect(&config.database.url, &opts)
         .await
-        .with_context(|| format!("cannot open the database ({})", redact_url(&config.database.url)))
+        .with_context(|| {
+            format!(
+                "cannot open the database ({})",
+                redact_url(&config.database.url)
+            )
+        })
 }
 
 /// A database URL without its password, for messages.
@@ -95,7 +100,10 @@ impl Daemon {
     /// pause so a restart honours it.
     pub async fn start(config: Config, shutdown: &CancellationToken) -> anyhow::Result<Daemon> {
         let store = open_store(&config).await?;
-        store.migrate().await.context("cannot migrate the database")?;
+        store
+            .migrate()
+            .await
+            .context("cannot migrate the database")?;
         let client = build_client(&config, shutdown.clone())?;
         if let Some(until) = store.app_paused_until(Utc::now()).await? {
             tracing::info!(until = %until, "the application is paused by a stored 429");
@@ -143,8 +151,11 @@ impl Daemon {
         let schedule = self.schedule()?;
         schedule.catch_up(Utc::now()).await?;
         schedule.start(shutdown.clone(), &self.tracker).await?;
-        self.tracker
-            .spawn(maintenance(self.store.clone(), self.config.clone(), shutdown.clone()));
+        self.tracker.spawn(maintenance(
+            self.store.clone(),
+            self.config.clone(),
+            shutdown.clone(),
+        ));
         let runner = self.runner();
         tracing::info!(
             database = self.store.backend_name(),
@@ -179,15 +190,36 @@ impl Daemon {
         let workers = tokio::spawn(runner.run(stop_workers.clone()));
         let result = async {
             if self.config.schedule.discover_users {
-                self.store.enqueue(JobKind::DiscoverUsers, "", Utc::now()).await?;
-                self.wait_for(JobKind::DiscoverUsers, shutdown, &progress, "discovering users").await?;
+                self.store
+                    .enqueue(JobKind::DiscoverUsers, "", Utc::now())
+                    .await?;
+                self.wait_for(
+                    JobKind::DiscoverUsers,
+                    shutdown,
+                    &progress,
+                    "discovering users",
+                )
+                .await?;
             }
-            self.store.enqueue_syncs_for_all_users(Utc::now()).await?;
+            // Users synced earlier in this cycle (just discovered) are not synced twice.
+            self.store
+                .enqueue_syncs_for_all_users(Utc::now(), Some(started))
+                .await?;
             self.wake.notify_one();
-            self.wait_for(JobKind::SyncConnections, shutdown, &progress, "syncing connections").await?;
-            self.store.enqueue_polls_for_pollable(Utc::now()).await?;
+            self.wait_for(
+                JobKind::SyncConnections,
+                shutdown,
+                &progress,
+                "syncing connections",
+            )
+            .await?;
+            // Vehicles first polled by their sync in this cycle are not polled twice.
+            self.store
+                .enqueue_polls_for_pollable(Utc::now(), Some(started))
+                .await?;
             self.wake.notify_one();
-            self.wait_for(JobKind::PollSignals, shutdown, &progress, "polling signals").await?;
+            self.wait_for(JobKind::PollSignals, shutdown, &progress, "polling signals")
+                .await?;
             anyhow::Ok(())
         }
         .await;
@@ -244,7 +276,8 @@ async fn maintenance(store: Store, config: Config, shutdown: CancellationToken) 
             _ = interval.tick() => {}
         }
         let now = Utc::now();
-        let keep = chrono::Duration::from_std(config.queue.keep_done).unwrap_or(chrono::Duration::days(7));
+        let keep =
+            chrono::Duration::from_std(config.queue.keep_done).unwrap_or(chrono::Duration::days(7));
         match store.prune_finished_jobs(now - keep).await {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned finished jobs"),
             Ok(_) => {}
@@ -254,7 +287,8 @@ async fn maintenance(store: Store, config: Config, shutdown: CancellationToken) 
             tracing::warn!(error = %e, "cannot create sample partitions ahead");
         }
         if let Some(retention) = config.sample_retention() {
-            let cutoff = now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+            let cutoff =
+                now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
             match store.drop_partitions_before(cutoff).await {
                 Ok(dropped) if !dropped.is_empty() => {
                     tracing::info!(?dropped, cutoff = %cutoff, "retention: dropped old samples")

@@ -114,14 +114,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let users = store.list_users().await?.len();
     let vehicles = store.list_vehicles().await?;
-    let polled = vehicles.iter().filter(|v| v.last_polled_at.is_some()).count();
+    let polled = vehicles
+        .iter()
+        .filter(|v| v.last_polled_at.is_some())
+        .count();
     let samples = store.sample_count().await?;
     let c = sim.counters();
     let ord = std::sync::atomic::Ordering::Relaxed;
     println!();
     println!("Summary");
     println!("  users discovered     {users}");
-    println!("  vehicles             {} ({polled} polled)", vehicles.len());
+    println!(
+        "  vehicles             {} ({polled} polled)",
+        vehicles.len()
+    );
     println!("  samples stored       {samples}");
     println!(
         "  API calls            {} ({} connections, {} signals; {} failed by injection, {} x 429)",
@@ -138,7 +144,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         report.stats.retried.load(ord),
         report.dead
     );
-    println!("  elapsed              {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "  elapsed              {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     println!();
     println!(
         "Look inside: sqlite3 {} 'SELECT code, COUNT(*) FROM signal_samples GROUP BY code'",

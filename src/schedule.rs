@@ -137,9 +137,9 @@ impl Schedule {
                     self.store.enqueue(JobKind::DiscoverUsers, "", now).await?;
                     n += 1;
                 }
-                n + self.store.enqueue_syncs_for_all_users(now).await?
+                n + self.store.enqueue_syncs_for_all_users(now, None).await?
             }
-            Which::Signals => self.store.enqueue_polls_for_pollable(now).await?,
+            Which::Signals => self.store.enqueue_polls_for_pollable(now, None).await?,
         };
         events::schedule_fired(which.name(), tick_at, n);
         self.wake.notify_one();

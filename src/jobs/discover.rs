@@ -16,5 +16,8 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         .into_iter()
         .collect();
     let new = ctx.store.finish_discovery(job, &users, Utc::now()).await?;
-    Ok(Done::Discovered { users: users.len(), new: new.len() })
+    Ok(Done::Discovered {
+        users: users.len(),
+        new: new.len(),
+    })
 }

@@ -31,9 +31,19 @@ pub enum JobError {
 /// What a completed job did, for its log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Done {
-    Discovered { users: usize, new: usize },
-    Synced { vehicles: usize, new: usize, vanished: usize },
-    Polled { signals: usize, inserted: u64 },
+    Discovered {
+        users: usize,
+        new: usize,
+    },
+    Synced {
+        vehicles: usize,
+        new: usize,
+        vanished: usize,
+    },
+    Polled {
+        signals: usize,
+        inserted: u64,
+    },
     /// Nothing to do any more (the vehicle or user was removed meanwhile).
     Skipped(&'static str),
 }
@@ -42,7 +52,11 @@ impl std::fmt::Display for Done {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Done::Discovered { users, new } => write!(f, "{users} users listed, {new} new"),
-            Done::Synced { vehicles, new, vanished } => {
+            Done::Synced {
+                vehicles,
+                new,
+                vanished,
+            } => {
                 write!(f, "{vehicles} vehicles, {new} new, {vanished} vanished")
             }
             Done::Polled { signals, inserted } => {

@@ -81,7 +81,11 @@ pub fn readings(
 }
 
 /// The vehicle status a permanent error sets, and until when polling stops.
-pub fn status_for(problem: VehicleProblem, err: &ApiError, now: DateTime<Utc>) -> VehicleStatusUpdate {
+pub fn status_for(
+    problem: VehicleProblem,
+    err: &ApiError,
+    now: DateTime<Utc>,
+) -> VehicleStatusUpdate {
     let (status, blocked_until) = match problem {
         VehicleProblem::PermissionDenied => (VehicleStatus::PermissionDenied, None),
         VehicleProblem::NotFound => (VehicleStatus::Disconnected, None),
@@ -105,7 +109,11 @@ pub fn status_for(problem: VehicleProblem, err: &ApiError, now: DateTime<Utc>) -
 
 /// Midnight UTC on the first day of the month after `now`.
 pub fn next_month(now: DateTime<Utc>) -> DateTime<Utc> {
-    let (y, m) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
+    let (y, m) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
     Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
         .single()
         .unwrap_or(now + chrono::Duration::days(31))
@@ -118,8 +126,14 @@ mod tests {
     #[test]
     fn billing_stops_until_the_next_calendar_month() {
         let t = Utc.with_ymd_and_hms(2026, 12, 17, 8, 0, 0).unwrap();
-        assert_eq!(next_month(t), Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap());
+        assert_eq!(
+            next_month(t),
+            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()
+        );
         let t = Utc.with_ymd_and_hms(2026, 2, 28, 23, 59, 59).unwrap();
-        assert_eq!(next_month(t), Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap());
+        assert_eq!(
+            next_month(t),
+            Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
+        );
     }
 }

@@ -159,7 +159,10 @@ impl Runner {
             .await
             .is_err()
         {
-            tracing::warn!(running = tracker.len(), "grace period over; releasing running jobs");
+            tracing::warn!(
+                running = tracker.len(),
+                "grace period over; releasing running jobs"
+            );
             abandon.cancel();
             // Releasing is one quick statement per job; do not hang on a dead database.
             let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
@@ -174,7 +177,9 @@ impl Runner {
             JobKind::SyncConnections => {
                 tracing::info_span!("job", id = job.id, kind = job.kind.as_str(), user_id = %job.subject)
             }
-            JobKind::DiscoverUsers => tracing::info_span!("job", id = job.id, kind = job.kind.as_str()),
+            JobKind::DiscoverUsers => {
+                tracing::info_span!("job", id = job.id, kind = job.kind.as_str())
+            }
         };
         async {
             let started = Instant::now();
@@ -211,7 +216,11 @@ impl Runner {
     }
 
     /// Records what happened to a job; returns the outcome label for metrics.
-    async fn settle(&self, job: &Job, result: Option<Result<jobs::Done, JobError>>) -> &'static str {
+    async fn settle(
+        &self,
+        job: &Job,
+        result: Option<Result<jobs::Done, JobError>>,
+    ) -> &'static str {
         let store = &self.ctx.store;
         let now = Utc::now();
         let result = match result {
@@ -274,7 +283,10 @@ impl Runner {
                 let update = jobs::signals::status_for(problem, &err, now);
                 tracing::warn!(error = %err, status = update.status.as_str(),
                     blocked_until = ?update.blocked_until, "vehicle cannot be polled");
-                match store.finish_vehicle_status(job, &job.subject, &update).await {
+                match store
+                    .finish_vehicle_status(job, &job.subject, &update)
+                    .await
+                {
                     Ok(()) => {
                         self.stats.vehicle_status.fetch_add(1, Ordering::Relaxed);
                         "vehicle_status"
@@ -291,10 +303,20 @@ impl Runner {
         }
     }
 
-    async fn retry_or_kill(&self, job: &Job, error: &str, request_id: Option<&str>) -> &'static str {
+    async fn retry_or_kill(
+        &self,
+        job: &Job,
+        error: &str,
+        request_id: Option<&str>,
+    ) -> &'static str {
         let failures = job.attempts.max(0) as u32;
         if !self.settings.retry.may_retry(failures) {
-            tracing::error!(error, request_id, attempts = failures + 1, "job failed for the last time");
+            tracing::error!(
+                error,
+                request_id,
+                attempts = failures + 1,
+                "job failed for the last time"
+            );
             self.kill(job, error, request_id).await;
             return "dead";
         }

@@ -125,7 +125,7 @@ pub enum PagingVariant {
     Standard,
     /// `meta.page` instead of `meta.pageNumber`, `links.previous` instead of `links.prev`.
     Alternate,
-    /// Totals in `meta`, only `links.self`: the client must stop on `pageNumber*pageSize >= totalCount`.
+    /// Totals in `meta` and no `links` object: the client must stop on `pageNumber*pageSize >= totalCount`.
     TotalsOnly,
     /// No `totalCount`; `links.next` present only while there is a next page.
     LinksOnly,

@@ -20,11 +20,16 @@ pub(crate) enum Admit {
     },
 }
 
+/// Calls arriving this soon after a 429 was issued were already on the wire when the client got
+/// it: refused, but not counted as ignoring `Retry-After`.
+const IN_FLIGHT_GRACE: Duration = Duration::from_millis(100);
+
 pub(crate) struct AppLimiter {
     cfg: Option<Bucket>,
     tokens: f64,
     last: Instant,
-    deadline: Option<Instant>,
+    /// The `Retry-After` deadline in force and when it was issued.
+    deadline: Option<(Instant, Instant)>,
 }
 
 impl AppLimiter {
@@ -43,11 +48,11 @@ impl AppLimiter {
     }
 
     pub(crate) fn admit(&mut self, now: Instant) -> Admit {
-        if let Some(d) = self.deadline {
+        if let Some((d, issued)) = self.deadline {
             if now < d {
                 return Admit::Limited {
                     wait: d - now,
-                    early: true,
+                    early: now.saturating_duration_since(issued) > IN_FLIGHT_GRACE,
                 };
             }
             self.deadline = None;
@@ -74,7 +79,12 @@ impl AppLimiter {
     }
 
     pub(crate) fn set_deadline(&mut self, deadline: Instant) {
-        self.deadline = Some(deadline);
+        self.deadline = Some((deadline, Instant::now()));
+    }
+
+    /// Whether a `Retry-After` deadline is still in force (then it is not moved).
+    pub(crate) fn in_force(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|(d, _)| now < d)
     }
 }
 

@@ -111,6 +111,12 @@ impl Simulator {
         self.inner.counters.snapshot()
     }
 
+    /// Every access token issued and not yet forgotten: a test greps logs and databases for
+    /// them to prove no token leaks.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.inner.tokens).keys().cloned().collect()
+    }
+
     pub fn reset_counters(&self) {
         self.inner.counters.reset();
     }

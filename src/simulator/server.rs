@@ -156,7 +156,7 @@ async fn gate(
                 let ra = retry_after(now, wait, s.variants.retry_after_http_date);
                 if early {
                     inc(&c.calls_before_retry_after);
-                } else {
+                } else if !limiter.in_force(now) {
                     limiter.set_deadline(ra.deadline);
                 }
                 Some(ra.header)
@@ -381,9 +381,11 @@ async fn list_connections(
                    "previous": (number > 1).then(|| link(number - 1)),
                    "next": has_next.then(|| link(number + 1)), "last": link(last)}),
         ),
+        // No links object at all: a links object without `next` is itself a last-page signal
+        // (contract §3), so a server that pages by totals alone sends none.
         PagingVariant::TotalsOnly => (
             json!({"pageNumber": number, "pageSize": size, "totalCount": total}),
-            json!({"self": link(number)}),
+            serde_json::Value::Null,
         ),
         PagingVariant::LinksOnly => {
             let mut links = json!({"self": link(number)});
@@ -393,7 +395,11 @@ async fn list_connections(
             (json!({"pageNumber": number, "pageSize": size}), links)
         }
     };
-    Json(json!({"data": data, "meta": meta, "links": links})).into_response()
+    let mut body = json!({"data": data, "meta": meta});
+    if !links.is_null() {
+        body["links"] = links;
+    }
+    Json(body).into_response()
 }
 
 /// Lookup, ownership, per-vehicle throttle and forced error of a vehicle-scoped call.

@@ -47,7 +47,9 @@ impl SecretSource {
         match self {
             SecretSource::Value(v) => Ok(v.read().unwrap_or_else(|e| e.into_inner()).clone()),
             SecretSource::File(path) => match std::fs::read_to_string(path) {
-                Ok(s) => Ok(SecretString::from(s.trim_end_matches(['\r', '\n']).to_owned())),
+                Ok(s) => Ok(SecretString::from(
+                    s.trim_end_matches(['\r', '\n']).to_owned(),
+                )),
                 Err(e) => Err(format!("cannot read {}: {e}", path.display())),
             },
         }
@@ -398,16 +400,27 @@ impl Refresher {
                                 "Smartcar rejected the client credentials (invalid_client): \
                                  check client_id and client_secret; retrying with the secret re-read"
                             );
-                            (delay, TokenError::Rejected { error: msg, retry_at })
+                            (
+                                delay,
+                                TokenError::Rejected {
+                                    error: msg,
+                                    retry_at,
+                                },
+                            )
                         }
                         FetchError::Transient(msg) => {
                             crate::events::token_request("failed");
-                            let delay =
-                                transient.next().unwrap_or(self.config.transient_backoff.1);
+                            let delay = transient.next().unwrap_or(self.config.transient_backoff.1);
                             let retry_at = Utc::now() + to_chrono(delay);
                             tracing::warn!(error = %msg, retry_in_ms = delay.as_millis() as u64,
                                 "token request failed; keeping the current token while it lasts");
-                            (delay, TokenError::Unavailable { reason: msg, retry_at })
+                            (
+                                delay,
+                                TokenError::Unavailable {
+                                    reason: msg,
+                                    retry_at,
+                                },
+                            )
                         }
                     };
                     let previous = self.current_token();
@@ -505,9 +518,8 @@ impl Refresher {
             .await
             .map_err(|e| FetchError::Transient(describe_transport(&e)))?;
         if status.is_success() {
-            let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-                FetchError::Transient(format!("token answer without a token: {e}"))
-            })?;
+            let parsed: TokenResponse = serde_json::from_slice(&body)
+                .map_err(|e| FetchError::Transient(format!("token answer without a token: {e}")))?;
             let expires_in = match &parsed.expires_in {
                 serde_json::Value::Number(n) => n.as_f64(),
                 serde_json::Value::String(s) => s.parse::<f64>().ok(),
@@ -542,8 +554,13 @@ impl Refresher {
         let msg = format!(
             "HTTP {}{}{}",
             status.as_u16(),
-            oauth_error.as_deref().map(|e| format!(" {e}")).unwrap_or_default(),
-            request_id.map(|r| format!(" (request id {r})")).unwrap_or_default()
+            oauth_error
+                .as_deref()
+                .map(|e| format!(" {e}"))
+                .unwrap_or_default(),
+            request_id
+                .map(|r| format!(" (request id {r})"))
+                .unwrap_or_default()
         );
         match status.as_u16() {
             // Wrong credentials or a malformed request: the same request will fail again.

@@ -309,7 +309,11 @@ impl Client {
             }
             inner.stats.record(
                 endpoint,
-                if status.is_server_error() { "5xx" } else { "4xx" },
+                if status.is_server_error() {
+                    "5xx"
+                } else {
+                    "4xx"
+                },
             );
             let err =
                 ApiError::from_response(endpoint, status.as_u16(), &headers, &body, Utc::now());
@@ -332,7 +336,10 @@ impl Client {
                             crate::events::rate_limited("app", until, err.request_id.as_deref());
                         }
                         super::Action::RetryAt(until) => {
-                            inner.stats.rate_limited_vehicle.fetch_add(1, Ordering::Relaxed);
+                            inner
+                                .stats
+                                .rate_limited_vehicle
+                                .fetch_add(1, Ordering::Relaxed);
                             crate::events::rate_limited(
                                 "vehicle",
                                 until,

@@ -179,7 +179,9 @@ impl ApiError {
     }
 
     fn code_is(&self, c: &str) -> bool {
-        self.code.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(c))
+        self.code
+            .as_deref()
+            .is_some_and(|x| x.eq_ignore_ascii_case(c))
     }
 
     /// The contract's table (§5): what to do about this failure. `now` resolves a 429 that came
@@ -299,14 +301,29 @@ mod tests {
             (401, "AUTHENTICATION", "", Reauthenticate),
             (403, "PERMISSION", "", Permanent(PermissionDenied)),
             (400, "VALIDATION", "MISSING_PARAMETER", Bug),
-            (400, "CONNECTED_SERVICES_ACCOUNT", "ACCOUNT_ISSUE", Permanent(NeedsReconnect)),
+            (
+                400,
+                "CONNECTED_SERVICES_ACCOUNT",
+                "ACCOUNT_ISSUE",
+                Permanent(NeedsReconnect),
+            ),
             (404, "RESOURCE_NOT_FOUND", "PATH", Permanent(NotFound)),
             (409, "VEHICLE_STATE", "ASLEEP", Retry),
             (409, "VEHICLE_STATE", "UNREACHABLE", Retry),
             (429, "RATE_LIMIT", "SMARTCAR_API", PauseApp(at7)),
             (429, "RATE_LIMIT", "VEHICLE", RetryAt(at7)),
-            (430, "BILLING", "VEHICLE_REQUEST_LIMIT", Permanent(BillingLimited)),
-            (501, "COMPATIBILITY", "SMARTCAR_NOT_CAPABLE", Permanent(Incompatible)),
+            (
+                430,
+                "BILLING",
+                "VEHICLE_REQUEST_LIMIT",
+                Permanent(BillingLimited),
+            ),
+            (
+                501,
+                "COMPATIBILITY",
+                "SMARTCAR_NOT_CAPABLE",
+                Permanent(Incompatible),
+            ),
             (500, "SERVER", "INTERNAL", Retry),
             (502, "UPSTREAM", "UNKNOWN", Retry),
             (503, "UPSTREAM", "RATE_LIMIT", RetryLong),
@@ -315,7 +332,10 @@ mod tests {
         for (status, t, c, want) in cases {
             let e = err(status, &v3(status, t, c), &ra);
             assert_eq!(e.action(now()), want, "{status} {t}/{c}");
-            assert_eq!(e.request_id.as_deref(), Some(format!("req-{status}").as_str()));
+            assert_eq!(
+                e.request_id.as_deref(),
+                Some(format!("req-{status}").as_str())
+            );
         }
     }
 
@@ -323,7 +343,11 @@ mod tests {
     fn the_flat_v2_body_is_read() {
         let body = r#"{"type":"RATE_LIMIT","code":"VEHICLE","description":"slow down","statusCode":429,
                       "requestId":"v2-req","resolution":{"type":"RETRY_LATER"}}"#;
-        let e = err(429, body, &[("retry-after", "Thu, 01 Jan 2026 00:00:09 GMT")]);
+        let e = err(
+            429,
+            body,
+            &[("retry-after", "Thu, 01 Jan 2026 00:00:09 GMT")],
+        );
         assert_eq!(e.request_id.as_deref(), Some("v2-req"));
         assert_eq!(e.detail.as_deref(), Some("slow down"));
         assert_eq!(

@@ -60,7 +60,11 @@ impl Connection {
         let user_id = string_at(v, "/relationships/user/data/id")
             .or_else(|| string_at(v, "/attributes/user/id"));
         let veh = v.pointer("/attributes/vehicle");
-        let attr = |k: &str| veh.and_then(|x| x.get(k)).and_then(Value::as_str).map(str::to_owned);
+        let attr = |k: &str| {
+            veh.and_then(|x| x.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         let permissions = v
             .pointer("/attributes/permissions")
             .and_then(Value::as_array)
@@ -485,7 +489,10 @@ mod tests {
             "meta": {"oemUpdatedAt": 1761896351529_i64, "retrievedAt": 1761896351600_i64}}))
         .unwrap();
         assert_eq!(s.value_num, Some(80.0));
-        assert_eq!(s.recorded_at().map(|t| t.timestamp_millis()), Some(1761896351529));
+        assert_eq!(
+            s.recorded_at().map(|t| t.timestamp_millis()),
+            Some(1761896351529)
+        );
     }
 
     #[test]

@@ -68,7 +68,10 @@ mod tests {
         assert_eq!(parse_timestamp(&json!(1752104218000_i64)), want);
         assert_eq!(parse_timestamp(&json!("1752104218000")), want);
         assert_eq!(parse_timestamp(&json!("2025-07-09T23:36:58Z")), want);
-        assert_eq!(parse_timestamp(&json!("2025-07-09T23:36:58.000+00:00")), want);
+        assert_eq!(
+            parse_timestamp(&json!("2025-07-09T23:36:58.000+00:00")),
+            want
+        );
         assert_eq!(parse_timestamp(&json!("2025-07-09T23:36:58")), want);
         assert_eq!(parse_timestamp(&json!(null)), None);
         assert_eq!(parse_timestamp(&json!("yesterday")), None);

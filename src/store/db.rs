@@ -263,6 +263,13 @@ impl Row {
             .ok_or_else(|| StoreError::Corrupt(format!("column {col} is NULL")))
     }
 
+    pub(crate) fn opt_float(&self, col: &str) -> Result<Option<f64>, StoreError> {
+        Ok(match self {
+            Row::Sqlite(r) => r.try_get(col)?,
+            Row::Postgres(r) => r.try_get(col)?,
+        })
+    }
+
     pub(crate) fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         match self {
             Row::Sqlite(r) => r

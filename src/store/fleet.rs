@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 
 use super::db::{Backend, Row, Tx, args};
-use super::{DeadJob, JobKind, Store, StoreError, UserRow, UserSource, VehicleRow, VehicleStatus};
+use super::{
+    DeadJob, JobKind, SampleRow, Store, StoreError, UserRow, UserSource, VehicleRow, VehicleStatus,
+};
 
 fn user_from_row(r: &Row) -> Result<UserRow, StoreError> {
     Ok(UserRow {
@@ -314,6 +316,34 @@ impl Store {
             )
             .await?
             .map_or(Ok(0), |r| r.int("n"))
+    }
+
+    /// Every stored sample, ordered by vehicle, code and time: for checks and small exports
+    /// (dashboards read the table directly).
+    pub async fn list_samples(&self) -> Result<Vec<SampleRow>, StoreError> {
+        let sql = self.backend().pick(
+            "SELECT vehicle_id, code, recorded_at, value_num, unit, body, source, ingested_at \
+             FROM signal_samples ORDER BY vehicle_id, code, recorded_at",
+            "SELECT vehicle_id, code, recorded_at, value_num, unit, body::text AS body, source, \
+             ingested_at FROM signal_samples ORDER BY vehicle_id, code, recorded_at",
+        );
+        self.pool
+            .all(sql, args![])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(SampleRow {
+                    vehicle_id: r.text("vehicle_id")?,
+                    code: r.text("code")?,
+                    recorded_at: r.time("recorded_at")?,
+                    value_num: r.opt_float("value_num")?,
+                    unit: r.opt_text("unit")?,
+                    body: r.text("body")?,
+                    source: r.text("source")?.parse()?,
+                    ingested_at: r.time("ingested_at")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn sample_count(&self) -> Result<i64, StoreError> {

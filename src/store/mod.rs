@@ -292,6 +292,20 @@ pub struct NewSample {
     pub source: SampleSource,
 }
 
+/// A stored sample, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRow {
+    pub vehicle_id: String,
+    pub code: String,
+    pub recorded_at: DateTime<Utc>,
+    pub value_num: Option<f64>,
+    pub unit: Option<String>,
+    /// The raw JSON body, as text.
+    pub body: String,
+    pub source: SampleSource,
+    pub ingested_at: DateTime<Utc>,
+}
+
 /// The latest status of one signal of one vehicle (SUCCESS / ERROR / UNAVAILABLE …).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignalState {

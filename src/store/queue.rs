@@ -182,33 +182,48 @@ impl Store {
     }
 
     /// One `sync_connections` job (due `now`) for every user without one open. Returns jobs added.
-    pub async fn enqueue_syncs_for_all_users(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    ///
+    /// With `synced_before`, only users not synced since then (a cycle that already synced
+    /// some users, e.g. just discovered, does not sync them twice).
+    pub async fn enqueue_syncs_for_all_users(
+        &self,
+        now: DateTime<Utc>,
+        synced_before: Option<DateTime<Utc>>,
+    ) -> Result<u64, StoreError> {
         self.pool
             .exec(
                 concat!(
                     "INSERT INTO jobs \
                      (kind, subject, state, run_at, attempts, created_at, updated_at) \
-                     SELECT $1, user_id, 'pending', $2, 0, $2, $2 FROM users WHERE true",
+                     SELECT $1, user_id, 'pending', $2, 0, $2, $2 FROM users \
+                     WHERE ($3 IS NULL OR last_synced_at IS NULL OR last_synced_at < $3)",
                     on_open_conflict!()
                 ),
-                args![JobKind::SyncConnections.as_str(), now],
+                args![JobKind::SyncConnections.as_str(), now, synced_before],
             )
             .await
     }
 
     /// One `poll_signals` job (due `now`) for every pollable vehicle without one open: status
     /// connected, needs_reconnect or billing_limited, and not blocked past `now`.
-    pub async fn enqueue_polls_for_pollable(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    ///
+    /// With `polled_before`, only vehicles not polled since then.
+    pub async fn enqueue_polls_for_pollable(
+        &self,
+        now: DateTime<Utc>,
+        polled_before: Option<DateTime<Utc>>,
+    ) -> Result<u64, StoreError> {
         self.pool
             .exec(
                 concat!(
                     "INSERT INTO jobs \
                      (kind, subject, state, run_at, attempts, created_at, updated_at) \
-                     SELECT $1, vehicle_id, 'pending', $2, 0, $2, $2 FROM vehicles WHERE ",
+                     SELECT $1, vehicle_id, 'pending', $2, 0, $2, $2 FROM vehicles \
+                     WHERE ($3 IS NULL OR last_polled_at IS NULL OR last_polled_at < $3) AND ",
                     pollable!("$2"),
                     on_open_conflict!()
                 ),
-                args![JobKind::PollSignals.as_str(), now],
+                args![JobKind::PollSignals.as_str(), now, polled_before],
             )
             .await
     }
@@ -384,9 +399,18 @@ impl Store {
 
     /// Marks a claimed job done (for jobs whose effect is not in the database).
     pub async fn complete(&self, job: &Job) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        tx.complete_fenced(job, Utc::now()).await?;
-        tx.commit().await
+        let n = self
+            .pool
+            .exec(
+                concat!(
+                    "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = $1, \
+                     updated_at = $1",
+                    fenced!("$2", "$3")
+                ),
+                args![Utc::now(), job.id, job.lease_owner.as_str()],
+            )
+            .await?;
+        fence(job, n)
     }
 
     /// Stores a poll's samples and statuses, marks the vehicle polled and connected, and

@@ -1,1 +1,9 @@
-//! The one integration-test binary (one link step). Each module proves one capability.
+//! The one integration-test binary (one link step). Each module proves one capability; the
+//! store and daemon tests run once per database backend (SQLite always, PostgreSQL when a
+//! server can be started or `TEST_DATABASE_URL` is set).
+
+mod client;
+mod daemon;
+mod simulator;
+mod store;
+mod support;

@@ -295,9 +295,18 @@ async fn only_one_job_per_kind_and_subject_is_open(store: Store) {
 
     // Bulk enqueue honours the same rule.
     user_with_vehicles(&store, "u1", &["v1", "v2"]).await; // sync enqueues poll for v2 only
-    assert_eq!(store.enqueue_polls_for_pollable(t(1)).await.unwrap(), 0);
-    assert_eq!(store.enqueue_syncs_for_all_users(t(1)).await.unwrap(), 1);
-    assert_eq!(store.enqueue_syncs_for_all_users(t(1)).await.unwrap(), 0);
+    assert_eq!(
+        store.enqueue_polls_for_pollable(t(1), None).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.enqueue_syncs_for_all_users(t(1), None).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.enqueue_syncs_for_all_users(t(1), None).await.unwrap(),
+        0
+    );
 }
 
 async fn an_app_pause_blocks_claims_until_it_ends(store: Store) {
@@ -685,7 +694,10 @@ async fn vehicle_status_decides_pollability(store: Store) {
         Some(t(1))
     );
 
-    assert_eq!(store.enqueue_polls_for_pollable(t(2)).await.unwrap(), 3);
+    assert_eq!(
+        store.enqueue_polls_for_pollable(t(2), None).await.unwrap(),
+        3
+    );
     let jobs = store.claim("w", t(2), LEASE, 10).await.unwrap();
     let job_for = |v: &str| jobs.iter().find(|j| j.subject == v).unwrap().clone();
     let update = |status, blocked_until| VehicleStatusUpdate {
@@ -719,11 +731,20 @@ async fn vehicle_status_decides_pollability(store: Store) {
     assert_eq!(v1.status_changed_at, t(2));
 
     // v1 is not pollable, v2 is blocked until t(100), v3 is.
-    assert_eq!(store.enqueue_polls_for_pollable(t(3)).await.unwrap(), 1);
+    assert_eq!(
+        store.enqueue_polls_for_pollable(t(3), None).await.unwrap(),
+        1
+    );
     let job = claim_one(&store, t(3)).await.unwrap();
     assert_eq!(job.subject, "v3");
     store.complete(&job).await.unwrap();
-    assert_eq!(store.enqueue_polls_for_pollable(t(100)).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .enqueue_polls_for_pollable(t(100), None)
+            .await
+            .unwrap(),
+        2
+    );
 
     // A successful poll makes v2 connected again and clears its block.
     let job = store

@@ -47,10 +47,9 @@ fn server() -> Option<&'static str> {
     static SERVER: OnceLock<Option<String>> = OnceLock::new();
     SERVER
         .get_or_init(|| {
-            if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
-                if !url.trim().is_empty() {
-                    return Some(url);
-                }
+            let from_env = std::env::var("TEST_DATABASE_URL").ok();
+            if let Some(url) = from_env.filter(|u| !u.trim().is_empty()) {
+                return Some(url);
             }
             match start_cluster() {
                 Ok(url) => Some(url),
