@@ -198,14 +198,21 @@ async fn invalid_client_is_a_typed_error_without_a_hot_loop_and_a_rotated_secret
 }
 
 #[tokio::test]
-async fn a_token_endpoint_outage_keeps_the_current_token_until_it_expires() {
-    let sim = support::simulator(SimConfig::default()).await;
+async fn a_failing_token_endpoint_keeps_the_current_token_until_it_expires() {
+    let sim = support::simulator(SimConfig {
+        token_lifetime: Duration::from_secs(4),
+        ..SimConfig::default()
+    })
+    .await;
     let client = client_for(&sim);
     let first = client.tokens().get().await.unwrap();
-    // Invalidate it while the endpoint rejects: no token to fall back on, so callers get the
-    // error; but a token that is merely due for refresh is kept (covered by the 1 s test).
+    // From now on the endpoint refuses: the refresh at 75-90 % of the lifetime fails.
     sim.set_client_secrets(vec!["rotated-away".into()]);
-    client.tokens().invalidate(first.generation);
+    tokio::time::sleep(Duration::from_millis(3700)).await;
+    assert!(sim.counters().token_requests >= 2, "the refresh was attempted");
+    let still = client.tokens().get().await.unwrap();
+    assert_eq!(still.generation, first.generation, "the current token is still served");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let err = client.tokens().get().await.unwrap_err();
     assert!(err.is_rejected(), "{err:?}");
     sim.shutdown().await;
