@@ -37,7 +37,7 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration after layering and validation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub smartcar: SmartcarConfig,
@@ -143,26 +143,11 @@ pub struct HttpConfig {
     pub connect_state_secret: Option<SecretString>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Drop samples older than this (e.g. `400d`); empty keeps everything.
     pub samples: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            smartcar: SmartcarConfig::default(),
-            database: DatabaseConfig::default(),
-            schedule: ScheduleConfig::default(),
-            rate_limit: RateLimitConfig::default(),
-            queue: QueueConfig::default(),
-            log: LogConfig::default(),
-            http: HttpConfig::default(),
-            retention: RetentionConfig::default(),
-        }
-    }
 }
 
 impl Default for SmartcarConfig {
@@ -239,14 +224,6 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "127.0.0.1:8080".into(),
             connect_state_secret: None,
-        }
-    }
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        RetentionConfig {
-            samples: String::new(),
         }
     }
 }

@@ -9,6 +9,10 @@
 //!
 //! It knows nothing of the database or the queue.
 
+// `ApiError` carries the request id, body fields and `Retry-After` a failure must be logged
+// with; it only travels on the failure path of a network call, where its size costs nothing.
+#![allow(clippy::result_large_err)]
+
 pub mod auth;
 pub mod client;
 pub mod error;

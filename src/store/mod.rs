@@ -59,6 +59,7 @@ macro_rules! reconnect_set {
     };
 }
 
+mod audit;
 mod db;
 mod fleet;
 mod migrate;
@@ -66,6 +67,10 @@ mod postgres;
 mod queue;
 mod sqlite;
 pub mod time;
+mod webhooks;
+
+pub use audit::TokenAuditRow;
+pub use webhooks::{VehicleErrorUpdate, WebhookDelivery, WebhookOutcome};
 
 use std::fmt;
 use std::str::FromStr;
