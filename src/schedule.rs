@@ -216,7 +216,9 @@ impl Schedule {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = interval.tick() => this.watchdog(Utc::now()).await,
+                    _ = interval.tick() => {
+                        this.check_stalls(Utc::now()).await;
+                    }
                 }
             }
             if let Err(e) = sched.shutdown().await {
@@ -226,8 +228,10 @@ impl Schedule {
         Ok(())
     }
 
-    /// A schedule whose last tick is two periods old has stalled: say so and fire it.
-    async fn watchdog(&self, now: DateTime<Utc>) {
+    /// A schedule whose last tick is two periods old has stalled: say so and fire the missed
+    /// tick. Returns the names of the schedules found stalled.
+    pub async fn check_stalls(&self, now: DateTime<Utc>) -> Vec<&'static str> {
+        let mut stalled = Vec::new();
         for entry in self.entries.iter() {
             let last = *entry.last_tick.lock().unwrap_or_else(|e| e.into_inner());
             let Some(last) = last else { continue };
@@ -254,6 +258,7 @@ impl Schedule {
                 .stalled
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             events::schedule_stalled(entry.which.name(), last);
+            stalled.push(entry.which.name());
             let tick = entry
                 .cron
                 .find_previous_occurrence(&now, true)
@@ -262,6 +267,7 @@ impl Schedule {
                 tracing::error!(schedule = entry.which.name(), error = %e, "watchdog tick failed");
             }
         }
+        stalled
     }
 }
 

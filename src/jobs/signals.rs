@@ -15,6 +15,7 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         ctx.store.complete(job).await?;
         return Ok(Done::Skipped("vehicle no longer known"));
     };
+    tracing::Span::current().record("user_id", user_id.as_str());
     let signals = ctx.client.signals(vehicle_id, &user_id).await?;
     let now = Utc::now();
     let (samples, statuses) = readings(vehicle_id, &signals, SampleSource::Poll, now);

@@ -172,7 +172,9 @@ impl Runner {
     async fn run_one(&self, job: Job, abandon: CancellationToken) {
         let span = match job.kind {
             JobKind::PollSignals => {
-                tracing::info_span!("job", id = job.id, kind = job.kind.as_str(), vehicle_id = %job.subject)
+                // The owner is looked up by the job; it records `user_id` into this span.
+                tracing::info_span!("job", id = job.id, kind = job.kind.as_str(),
+                    vehicle_id = %job.subject, user_id = tracing::field::Empty)
             }
             JobKind::SyncConnections => {
                 tracing::info_span!("job", id = job.id, kind = job.kind.as_str(), user_id = %job.subject)

@@ -209,9 +209,15 @@ async fn a_failing_token_endpoint_keeps_the_current_token_until_it_expires() {
     // From now on the endpoint refuses: the refresh at 75-90 % of the lifetime fails.
     sim.set_client_secrets(vec!["rotated-away".into()]);
     tokio::time::sleep(Duration::from_millis(3700)).await;
-    assert!(sim.counters().token_requests >= 2, "the refresh was attempted");
+    assert!(
+        sim.counters().token_requests >= 2,
+        "the refresh was attempted"
+    );
     let still = client.tokens().get().await.unwrap();
-    assert_eq!(still.generation, first.generation, "the current token is still served");
+    assert_eq!(
+        still.generation, first.generation,
+        "the current token is still served"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let err = client.tokens().get().await.unwrap_err();
     assert!(err.is_rejected(), "{err:?}");
@@ -314,6 +320,53 @@ async fn a_server_repeating_page_1_forever_ends_with_an_error() {
     .expect("the pager must not loop forever");
     let err = result.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Runaway, "{err}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_malformed_answer_is_a_retryable_error_carrying_its_request_id() {
+    let app = Router::new()
+        .route(
+            "/oauth2/token",
+            post(|| async {
+                axum::Json(json!({"access_token": "t", "token_type": "Bearer", "expires_in": 3600}))
+            }),
+        )
+        .route(
+            "/v3/vehicles/{id}/signals",
+            get(|| async {
+                (
+                    [("sc-request-id", "req-malformed")],
+                    axum::Json(json!({"data": "not a list"})),
+                )
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    let tokens = tokens_for(
+        format!("{base}/oauth2/token"),
+        "id".into(),
+        SecretSource::value(SecretString::from("s".to_owned())),
+    );
+    let client = Client::new(
+        ClientConfig {
+            api_url: format!("{base}/v3"),
+            request_timeout: Duration::from_secs(2),
+            vehicle_mode: "live".into(),
+        },
+        http(),
+        tokens,
+        None,
+    )
+    .unwrap();
+    let err = client.signals("v1", "u1").await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Malformed, "{err}");
+    assert_eq!(err.request_id.as_deref(), Some("req-malformed"));
+    assert_eq!(err.action(chrono::Utc::now()), Action::Retry);
+    assert!(err.to_string().contains("req-malformed"), "{err}");
     server.abort();
 }
 

@@ -4,6 +4,7 @@
 
 mod client;
 mod daemon;
+mod schedule;
 mod simulator;
 mod store;
 mod support;
