@@ -2,7 +2,7 @@
 //! simulator on loopback, points the daemon at it with a local SQLite file, runs one full cycle
 //! (discovery, connections, signals) with a live status line, and prints a summary.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.smartcar.client_id = sim.client_id();
     config.smartcar.client_secret = Some(SecretString::from("sim-client-secret".to_owned()));
     config.database.url = format!("sqlite://{}", args.database.display());
-    config.rate_limit.requests_per_minute = 3000;
+    config.rate_limit.requests_per_minute = 6000;
     config.rate_limit.burst = 50;
     config.queue.concurrency = 8;
     config.queue.backoff_min = Duration::from_millis(200);
@@ -97,19 +97,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let daemon = Daemon::start(config, &shutdown).await?;
     let store = daemon.store.clone();
     let counters_sim = &sim;
+    let terminal = std::io::stderr().is_terminal();
     let report = daemon
         .sync_once(&shutdown, |phase| {
             let c = counters_sim.counters();
-            eprint!(
-                "\r\x1b[2K[{:>5.1}s] {phase} | {} API calls, {} 5xx injected",
+            let line = format!(
+                "[{:>5.1}s] {phase} | {} API calls, {} 5xx injected",
                 started.elapsed().as_secs_f64(),
                 c.api_calls,
                 c.injected_errors
             );
+            // One line rewritten in place on a terminal; plain lines in a log.
+            if terminal {
+                eprint!("\r\x1b[2K{line}");
+            } else {
+                eprintln!("{line}");
+            }
             let _ = std::io::stderr().flush();
         })
         .await?;
-    eprintln!();
+    if terminal {
+        eprintln!();
+    }
     shutdown.cancel();
 
     let users = store.list_users().await?.len();
