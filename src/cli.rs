@@ -95,7 +95,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     };
     crate::telemetry::init(config.log.format, &config.log.level);
     let result = match cli.command {
-        Command::Run => run_daemon(config).await,
+        Command::Run => run_daemon(config, path, must_exist).await,
         Command::SyncOnce => sync_once(config).await,
         Command::Users(cmd) => users(config, cmd).await,
         Command::Vehicles(VehiclesCommand::List) => vehicles(config).await,
@@ -154,13 +154,52 @@ pub fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
-async fn run_daemon(config: Config) -> anyhow::Result<ExitCode> {
+async fn run_daemon(config: Config, path: PathBuf, must_exist: bool) -> anyhow::Result<ExitCode> {
     config.require_credentials()?;
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
     let daemon = Daemon::start(config, &shutdown).await?;
+    reload_on_sighup(path, must_exist, daemon.reloader(), shutdown.clone());
     daemon.run(shutdown, || {}).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// On SIGHUP, re-reads the configuration (file and environment) and applies its reloadable
+/// parts, the secrets; a configuration that no longer validates is refused and the running one
+/// kept.
+fn reload_on_sighup(
+    path: PathBuf,
+    must_exist: bool,
+    reloader: crate::daemon::Reloader,
+    shutdown: CancellationToken,
+) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: reload needs a restart");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            tracing::info!(config = %path.display(), "SIGHUP: reloading");
+            crate::daemon::notify(&[sd_notify::NotifyState::Reloading]);
+            match Config::load(&path, must_exist, |k| std::env::var(k).ok()) {
+                Ok(config) => reloader.apply(&config),
+                Err(e) => tracing::error!(error = %e,
+                    "reload refused: the configuration is not valid; keeping the running one"),
+            }
+            crate::daemon::notify(&[sd_notify::NotifyState::Ready]);
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (path, must_exist, reloader, shutdown);
 }
 
 async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {

@@ -275,11 +275,13 @@ impl Config {
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner().message().to_owned();
-            // For an unknown field serde's path stops at the table; name the field itself.
+            // serde's path may stop at the table for an unknown field; name the field itself.
             let key = match unknown_field(&inner) {
                 Some(field) if key == "." => field,
-                Some(field) => format!("{key}.{field}"),
-                None => key,
+                Some(field) if key != field && !key.ends_with(&format!(".{field}")) => {
+                    format!("{key}.{field}")
+                }
+                _ => key,
             };
             invalid(&key, inner)
         })

@@ -10,11 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::http::{HttpSecrets, HttpState};
 use crate::jobs::JobContext;
 use crate::queue::{QueueSettings, RetryPolicy, RunStats, Runner};
 use crate::schedule::Schedule;
-use crate::smartcar::{Client, ClientConfig, TokenConfig, TokenProvider};
-use crate::store::{JobKind, Store, StoreOptions};
+use crate::smartcar::auth::TokenAudit;
+use crate::smartcar::{Client, ClientConfig, SecretSource, TokenConfig, TokenProvider};
+use crate::store::{JobKind, Store, StoreOptions, TokenAuditRow};
 
 /// Opens the database named by the config (it is not migrated here).
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -47,14 +49,20 @@ pub fn redact_url(url: &str) -> String {
 /// The token provider and the API client, as the config says. The provider's refresher stops
 /// with `shutdown`.
 pub fn build_client(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Client> {
+    build_client_with_secret(config, config.client_secret_source(), shutdown)
+}
+
+/// [`build_client`] with a given secret source: the daemon keeps a handle on it so a reload
+/// can replace the secret the provider reads.
+pub fn build_client_with_secret(
+    config: &Config,
+    client_secret: SecretSource,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Client> {
     let s = &config.smartcar;
     let http = crate::smartcar::client::http_client(s.request_timeout)
         .context("cannot build the HTTP client")?;
-    let mut token_config = TokenConfig::new(
-        s.auth_url.clone(),
-        s.client_id.clone(),
-        config.client_secret_source(),
-    );
+    let mut token_config = TokenConfig::new(s.auth_url.clone(), s.client_id.clone(), client_secret);
     token_config.request_timeout = s.request_timeout;
     let tokens = TokenProvider::start(token_config, http.clone(), shutdown);
     let client = Client::new(
@@ -93,6 +101,10 @@ pub struct Daemon {
     pub client: Client,
     pub wake: Arc<Notify>,
     pub tracker: TaskTracker,
+    /// The source the token provider reads the client secret from (replaced on reload).
+    pub client_secret: SecretSource,
+    /// The HTTP surface's secrets (replaced on reload).
+    pub http_secrets: Arc<HttpSecrets>,
 }
 
 impl Daemon {
@@ -104,17 +116,21 @@ impl Daemon {
             .migrate()
             .await
             .context("cannot migrate the database")?;
-        let client = build_client(&config, shutdown.clone())?;
+        let client_secret = config.client_secret_source();
+        let client = build_client_with_secret(&config, client_secret.clone(), shutdown.clone())?;
         if let Some(until) = store.app_paused_until(Utc::now()).await? {
             tracing::info!(until = %until, "the application is paused by a stored 429");
             client.pause_until(until);
         }
+        let http_secrets = Arc::new(HttpSecrets::from_config(&config));
         Ok(Daemon {
             config,
             store,
             client,
             wake: Arc::new(Notify::new()),
             tracker: TaskTracker::new(),
+            client_secret,
+            http_secrets,
         })
     }
 
@@ -149,8 +165,32 @@ impl Daemon {
         ready: impl FnOnce(),
     ) -> anyhow::Result<()> {
         let schedule = self.schedule()?;
+        // Bound first: a port in use fails the start (systemd restarts), not the first webhook.
+        let listener = self.bind_http().await?;
         schedule.catch_up(Utc::now()).await?;
         schedule.start(shutdown.clone(), &self.tracker).await?;
+        if let Some(listener) = listener {
+            let state = self.http_state(Some(schedule.clone()));
+            let stop = shutdown.clone();
+            self.tracker.spawn(async move {
+                if let Err(e) = crate::http::serve(listener, state, stop).await {
+                    tracing::error!(error = %e, "the HTTP server stopped");
+                }
+            });
+        }
+        // The provider fetches lazily; fetch now so /readyz is ready without waiting for a job.
+        let tokens = self.client.tokens().clone();
+        self.tracker.spawn(async move {
+            if let Err(e) = tokens.get().await {
+                tracing::warn!(error = %e, "no access token at start");
+            }
+        });
+        self.tracker.spawn(save_token_audit_every(
+            self.store.clone(),
+            self.client.tokens().audit().clone(),
+            shutdown.clone(),
+        ));
+        self.tracker.spawn(systemd_notify(shutdown.clone()));
         self.tracker.spawn(maintenance(
             self.store.clone(),
             self.config.clone(),
@@ -163,7 +203,10 @@ impl Daemon {
             "smartcar-sync running"
         );
         ready();
+        notify(&[sd_notify::NotifyState::Ready]);
         runner.run(shutdown).await;
+        // After the workers stopped: the last calls are in it.
+        save_token_audit(&self.store, self.client.tokens().audit()).await;
         self.tracker.close();
         if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
             .await
@@ -201,7 +244,16 @@ impl Daemon {
                 )
                 .await?;
             }
-            // Users synced earlier in this cycle (just discovered) are not synced twice.
+            // Users synced earlier in this cycle (just discovered) are not synced twice. Their
+            // syncs must have finished first: on PostgreSQL an INSERT … SELECT racing a commit
+            // reads the old `last_synced_at` and then finds no open job to conflict with.
+            self.wait_for(
+                JobKind::SyncConnections,
+                shutdown,
+                &progress,
+                "syncing new users",
+            )
+            .await?;
             self.store
                 .enqueue_syncs_for_all_users(Utc::now(), Some(started))
                 .await?;
@@ -213,7 +265,15 @@ impl Daemon {
                 "syncing connections",
             )
             .await?;
-            // Vehicles first polled by their sync in this cycle are not polled twice.
+            // Vehicles first polled by their sync in this cycle are not polled twice (once
+            // those polls are over, for the same reason as above).
+            self.wait_for(
+                JobKind::PollSignals,
+                shutdown,
+                &progress,
+                "polling new vehicles",
+            )
+            .await?;
             self.store
                 .enqueue_polls_for_pollable(Utc::now(), Some(started))
                 .await?;
@@ -225,6 +285,7 @@ impl Daemon {
         .await;
         stop_workers.cancel();
         let _ = workers.await;
+        save_token_audit(&self.store, self.client.tokens().audit()).await;
         result?;
         Ok(CycleReport {
             started,
@@ -242,18 +303,173 @@ impl Daemon {
         phase: &str,
     ) -> anyhow::Result<()> {
         self.wake.notify_one();
+        // Poll often (a COUNT on the open-jobs index is cheap) so a phase ends promptly; report
+        // progress at a human pace.
+        let mut reported: Option<tokio::time::Instant> = None;
         loop {
-            let open = self.store.open_jobs(Some(kind)).await?;
-            progress(&format!("{phase}: {open} jobs open"));
+            // A database restart mid-cycle is waited out (the pool reconnects), not fatal.
+            let open = match self.store.open_jobs(Some(kind)).await {
+                Ok(n) => n,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "cannot count open jobs; retrying");
+                    -1
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let due = reported.is_none_or(|t| t.elapsed() >= Duration::from_millis(250));
+            if open == 0 || (open > 0 && due) {
+                progress(&format!("{phase}: {open} jobs open"));
+                reported = Some(tokio::time::Instant::now());
+            }
             if open == 0 {
                 return Ok(());
             }
             tokio::select! {
                 _ = shutdown.cancelled() => anyhow::bail!("interrupted"),
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
     }
+
+    /// The listener on `[http] listen`, or `None` when the server is off.
+    async fn bind_http(&self) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+        let listen = &self.config.http.listen;
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
+        if !self.http_secrets.has_management_token() {
+            tracing::warn!(
+                "no management token (SMARTCAR_MANAGEMENT_TOKEN or smartcar.management_token_file): \
+                 webhooks will be answered 503"
+            );
+        }
+        tracing::info!(listen = %listen, "HTTP server listening");
+        Ok(Some(listener))
+    }
+
+    /// What the HTTP handlers share; `schedule` is the running one (for `/readyz`).
+    pub fn http_state(&self, schedule: Option<Schedule>) -> HttpState {
+        HttpState {
+            store: self.store.clone(),
+            tokens: self.client.tokens().clone(),
+            schedule,
+            wake: self.wake.clone(),
+            secrets: self.http_secrets.clone(),
+        }
+    }
+
+    /// A handle that applies a re-read configuration to this daemon (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            client_secret: self.client_secret.clone(),
+            tokens: self.client.tokens().clone(),
+            http_secrets: self.http_secrets.clone(),
+        }
+    }
+}
+
+/// Applies the reloadable parts of a configuration to a running daemon: the client secret, the
+/// management token and the Connect state secret. Work in progress is not disturbed; other keys
+/// take effect at the next restart.
+#[derive(Clone, Debug)]
+pub struct Reloader {
+    client_secret: SecretSource,
+    tokens: TokenProvider,
+    http_secrets: Arc<HttpSecrets>,
+}
+
+impl Reloader {
+    pub fn apply(&self, config: &Config) {
+        match (&self.client_secret, config.client_secret_source()) {
+            (SecretSource::Value(_), new @ SecretSource::Value(_)) => match new.read() {
+                Ok(secret) => self.client_secret.replace(secret),
+                Err(e) => tracing::warn!(error = %e, "reload: cannot read the client secret"),
+            },
+            // A file is re-read on every token request.
+            (SecretSource::File(old), SecretSource::File(new)) if *old == new => {}
+            _ => tracing::warn!(
+                "reload: the client secret moved between a value and a file (or to another \
+                 file); that takes effect at the next restart"
+            ),
+        }
+        self.http_secrets.reload(config);
+        // A rotated secret is used at once, not at the next renewal; on failure the current
+        // token stays in use while it is valid.
+        self.tokens.refresh_now();
+        tracing::info!("reloaded: secrets re-read, fetching a new access token");
+    }
+}
+
+/// Writes the token audit's changed records; on failure they are kept for the next try.
+pub async fn save_token_audit(store: &Store, audit: &TokenAudit) {
+    let changed = audit.take_changed();
+    if changed.is_empty() {
+        return;
+    }
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let now = Utc::now();
+    let rows: Vec<TokenAuditRow> = changed
+        .iter()
+        .map(|t| TokenAuditRow {
+            fingerprint: t.fingerprint.clone(),
+            issued_at: t.issued_at,
+            expires_at: t.expires_at,
+            calls_ok: count(t.ok),
+            calls_client_error: count(t.client_error),
+            calls_server_error: count(t.server_error),
+            calls_unauthorized: count(t.unauthorized),
+            calls_rate_limited: count(t.rate_limited),
+            updated_at: now,
+        })
+        .collect();
+    if let Err(e) = store.record_token_audit(&rows).await {
+        tracing::warn!(error = %e, "cannot write the token audit; keeping it for the next try");
+        let fingerprints: Vec<String> = changed.into_iter().map(|t| t.fingerprint).collect();
+        audit.unsaved(&fingerprints);
+    }
+}
+
+/// Saves the token audit every 5 s until `shutdown` (the final save follows the workers).
+async fn save_token_audit_every(store: Store, audit: Arc<TokenAudit>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => save_token_audit(&store, &audit).await,
+        }
+    }
+}
+
+/// Tells systemd (when it supervises us: `$NOTIFY_SOCKET`); a no-op otherwise.
+pub fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// `WATCHDOG=1` at half of `WatchdogSec` while the runtime is responsive (a stalled runtime
+/// stops the pings and systemd restarts the service), and `STOPPING=1` as shutdown begins.
+async fn systemd_notify(shutdown: CancellationToken) {
+    let mut usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut usec)
+        .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(50)));
+    match watchdog {
+        Some(period) => {
+            let mut interval = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = interval.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
+                }
+            }
+        }
+        None => shutdown.cancelled().await,
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
 }
 
 /// What `sync-once` did.

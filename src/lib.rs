@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod events;
+pub mod http;
 pub mod jobs;
 pub mod queue;
 pub mod schedule;

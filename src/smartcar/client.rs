@@ -299,6 +299,10 @@ impl Client {
                 Ok(b) => b,
                 Err(e) => return Err(self.transport_error(endpoint, &e)),
             };
+            inner.tokens.audit().call(
+                &token.fingerprint,
+                super::auth::CallOutcome::of_status(status.as_u16()),
+            );
             if status.is_success() {
                 inner.stats.ok.fetch_add(1, Ordering::Relaxed);
                 inner.stats.record(endpoint, "2xx");

@@ -462,7 +462,23 @@ impl Store {
     /// PostgreSQL) and makes sure the monthly sample partitions around now exist.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.pool {
-            Pool::Sqlite(p) => migrate::sqlite().await?.run(p).await?,
+            // sqlx takes no migration lock on SQLite: two processes starting at once (`run`
+            // and `status`, say) can both try version N, and the loser fails on "already
+            // exists". Its retry finds N applied and moves on.
+            Pool::Sqlite(p) => {
+                let mut tries = 0;
+                loop {
+                    match migrate::sqlite().await?.run(p).await {
+                        Ok(()) => break,
+                        Err(e) if tries < 5 => {
+                            tries += 1;
+                            tracing::debug!(error = %e, "migration raced another process; retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
             Pool::Postgres(p) => migrate::postgres().await?.run(p).await?,
         }
         self.ensure_partitions(Utc::now(), 3).await?;

@@ -127,11 +127,26 @@ fn bound(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S+00").to_string()
 }
 
+/// True when migration 0002 made `signal_samples` a TimescaleDB hypertable (the extension was
+/// installed), i.e. it is not a natively partitioned table. Untested here: no TimescaleDB.
+async fn is_hypertable(pool: &PgPool) -> Result<bool, StoreError> {
+    let native: bool = sqlx::query_scalar(
+        "SELECT relkind = 'p' FROM pg_class WHERE oid = 'signal_samples'::regclass",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(!native)
+}
+
 pub(crate) async fn ensure_partitions(
     pool: &PgPool,
     now: DateTime<Utc>,
     months_ahead: u32,
 ) -> Result<Vec<String>, StoreError> {
+    if is_hypertable(pool).await? {
+        // TimescaleDB creates its chunks on insert.
+        return Ok(Vec::new());
+    }
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(PARTITION_LOCK)
@@ -185,6 +200,16 @@ pub(crate) async fn drop_partitions_before(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
 ) -> Result<Vec<String>, StoreError> {
+    if is_hypertable(pool).await? {
+        let mut dropped: Vec<String> =
+            sqlx::query_scalar("SELECT drop_chunks('signal_samples', older_than => $1)::text")
+                .bind(cutoff)
+                .fetch_all(pool)
+                .await?;
+        dropped.sort();
+        tracing::info!(?dropped, "applied sample retention (TimescaleDB chunks)");
+        return Ok(dropped);
+    }
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(PARTITION_LOCK)

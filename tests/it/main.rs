@@ -4,7 +4,11 @@
 
 mod client;
 mod daemon;
+mod dashboards;
+mod http;
+mod scale_out;
 mod schedule;
+mod service;
 mod simulator;
 mod store;
 mod support;

@@ -1090,7 +1090,8 @@ async fn app_bucket_answers_429_with_retry_after_and_counts_calls_that_ignore_it
     assert_eq!(v3_error(&r)["resolution"]["type"], "RETRY_LATER");
     let secs: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert_eq!(secs, 2);
-    // Ignoring Retry-After: refused again and counted.
+    // Ignoring Retry-After (past the in-flight grace): refused again and counted.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     let again = api.get("/connections", None).await;
     assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS);
     let n = sim.counters();

@@ -237,3 +237,122 @@ fn database_name_is_replaced_in_urls() {
     );
     assert_eq!(with_database("postgres://h", "t_2"), "postgres://h/t_2");
 }
+
+/// A cluster of its own (own data dir and port) that one test may restart or stop without
+/// disturbing the shared server. Stopped and deleted on drop.
+pub struct PrivateCluster {
+    pub url: String,
+    bin: PathBuf,
+    dir: PathBuf,
+    root: bool,
+}
+
+impl PrivateCluster {
+    /// Starts one, or None (after a loud SKIPPED line) when no PostgreSQL binaries exist or
+    /// `TEST_DATABASE_URL` points at an external server (which a test must not restart).
+    pub fn start() -> Option<PrivateCluster> {
+        if std::env::var("TEST_DATABASE_URL").is_ok_and(|u| !u.trim().is_empty()) {
+            loud("SKIPPED: PostgreSQL restart test (TEST_DATABASE_URL is an external server)");
+            return None;
+        }
+        match Self::try_start() {
+            Ok(c) => Some(c),
+            Err(why) => {
+                loud(&format!(
+                    "SKIPPED: PostgreSQL restart test (no cluster): {why}"
+                ));
+                None
+            }
+        }
+    }
+
+    fn try_start() -> Result<PrivateCluster, String> {
+        let bin = bin_dir().ok_or("no PostgreSQL binaries under /usr/lib/postgresql/*/bin")?;
+        let root = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("smartcar-pg-private-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?
+            .keep();
+        if root {
+            let mut chown = Command::new("chown");
+            chown.args(["-R", "postgres:"]).arg(&dir);
+            run(chown, "chown")?;
+        }
+        let mut initdb = pg_command(root, &bin.join("initdb"));
+        initdb.arg("-D").arg(dir.join("data")).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        run(initdb, "initdb")?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("free port: {e}"))?
+            .port();
+        // The options go into the config file so a plain `pg_ctl start` after a stop reuses them.
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 100\n",
+            dir.display()
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("data/postgresql.conf"))
+            .and_then(|mut f| f.write_all(conf.as_bytes()))
+            .map_err(|e| format!("postgresql.conf: {e}"))?;
+        let cluster = PrivateCluster {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin,
+            dir,
+            root,
+        };
+        cluster.start_server()?;
+        Ok(cluster)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut c = pg_command(self.root, &self.bin.join("pg_ctl"));
+        c.arg("-D").arg(self.dir.join("data")).args(args);
+        c
+    }
+
+    /// Starts the (stopped) server and waits until it accepts connections.
+    pub fn start_server(&self) -> Result<(), String> {
+        let log = self.dir.join("server.log");
+        let mut c = self.pg_ctl(&["-w", "-t", "60", "-l"]);
+        c.arg(&log).arg("start");
+        run(c, "pg_ctl start")
+    }
+
+    /// Stops the server at once, cutting every connection (as a crash or a failover would).
+    pub fn stop_server(&self) -> Result<(), String> {
+        run(
+            self.pg_ctl(&["-w", "-m", "immediate", "stop"]),
+            "pg_ctl stop",
+        )
+    }
+
+    /// A fresh database on this cluster; returns its URL.
+    pub async fn create_database(&self, name: &str) -> String {
+        let mut conn = PgConnection::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the private cluster: {e}"));
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        let _ = conn.close().await;
+        with_database(&self.url, name)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self.stop_server();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,354 @@
+//! Throughput against the bound: one full cycle (`sync-once`: discovery, connections, signals)
+//! of a 2,000 × 5 fleet, the daemon a separate process (the release binary) and the simulator
+//! in this one.
+//!
+//! ```sh
+//! cargo bench --bench cycle            # (a), (b) and the 100,000-vehicle memory run, SQLite,
+//!                                      # then (a) and (b) on PostgreSQL when it is installed
+//! cargo bench --bench cycle -- a b     # pick: a, b, mem, pg (PostgreSQL (a)+(b)), sqlite
+//! ```
+//!
+//! - (a) the daemon limited to 200 requests/s (`requests_per_minute = 12000`, burst 20), 5 ms
+//!   simulated latency, concurrency 16; the simulator's bucket refills at the same 200/s (capacity
+//!   40), so a daemon that keeps to its limit is never answered 429.
+//! - (b) no rate limit, 20 ms latency, concurrency 32.
+//! - mem: 20,000 users × 5 vehicles (100,000 known), no limit, no latency, concurrency 32.
+//!
+//! Cycle efficiency = ideal / actual, ideal = max(API calls ÷ allowed rate, API calls × latency
+//! ÷ concurrency), actual = the cycle time `sync-once` reports (process start-up, migration and
+//! the token request excluded; the wall time of the whole process is printed too).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{BenchDb, DaemonConfig, Res, Table, mib};
+use smartcar_sync::simulator::{Bucket, SimConfig};
+use smartcar_sync::smartcar::client::PAGE_SIZE;
+
+#[derive(Clone, Debug)]
+struct Case {
+    name: &'static str,
+    users: usize,
+    vehicles_per_user: usize,
+    latency_ms: u64,
+    /// Requests per second the daemon allows itself; 0 = unlimited.
+    rate_per_s: u32,
+    concurrency: usize,
+    /// Compare every served reading with the database (off for the memory run).
+    verify: bool,
+    /// SIGTERM the daemon once this many polls are done (the memory run: 100,000 vehicles are
+    /// known after the connections phase; polling them all would take minutes).
+    stop_after_polls: Option<i64>,
+}
+
+const A: Case = Case {
+    name: "(a) 200 req/s limit, 5 ms latency, concurrency 16",
+    users: 2_000,
+    vehicles_per_user: 5,
+    latency_ms: 5,
+    rate_per_s: 200,
+    concurrency: 16,
+    verify: true,
+    stop_after_polls: None,
+};
+
+const B: Case = Case {
+    name: "(b) no limit, 20 ms latency, concurrency 32",
+    users: 2_000,
+    vehicles_per_user: 5,
+    latency_ms: 20,
+    rate_per_s: 0,
+    concurrency: 32,
+    verify: true,
+    stop_after_polls: None,
+};
+
+const MEM: Case = Case {
+    name: "memory: 100,000 vehicles known (20,000 users × 5), no limit, no latency, concurrency 32",
+    users: 20_000,
+    vehicles_per_user: 5,
+    latency_ms: 0,
+    rate_per_s: 0,
+    concurrency: 32,
+    verify: false,
+    stop_after_polls: Some(10_000),
+};
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let words = common::words();
+    let want = |w: &str| words.is_empty() || words.iter().any(|x| x == w);
+    let sqlite_only = words.iter().any(|w| w == "sqlite");
+    println!("cycle bench on {}", common::machine());
+    println!("daemon: {}", common::binary());
+    let mut all_met = true;
+    let mut cases = Vec::new();
+    if want("a") {
+        cases.push(A);
+    }
+    if want("b") {
+        cases.push(B);
+    }
+    if want("mem") {
+        cases.push(MEM);
+    }
+    for case in &cases {
+        let dir = tempfile::tempdir()?;
+        let db = BenchDb::sqlite(dir.path());
+        let table = run(case, &db, dir.path()).await?;
+        all_met &= table.all_met();
+        println!("{}", table.render());
+        db.cleanup().await;
+    }
+    if (words.is_empty() || words.iter().any(|w| w == "pg")) && !sqlite_only {
+        for case in [A, B] {
+            let dir = tempfile::tempdir()?;
+            let Some(db) = BenchDb::postgres().await else {
+                println!("SKIPPED: PostgreSQL (no server binaries)");
+                break;
+            };
+            let table = run(&case, &db, dir.path()).await?;
+            all_met &= table.all_met();
+            println!("{}", table.render());
+            db.cleanup().await;
+        }
+    }
+    println!(
+        "\n{}; load average now {}",
+        if all_met {
+            "every target met"
+        } else {
+            "some targets MISSED"
+        },
+        common::load()
+    );
+    Ok(())
+}
+
+async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
+    let vehicles = case.users * case.vehicles_per_user;
+    let mut sim_config = SimConfig {
+        users: case.users,
+        vehicles_per_user: case.vehicles_per_user,
+        latency: Duration::from_millis(case.latency_ms),
+        // Readings hold still for the run.
+        update_period: Duration::from_secs(86_400),
+        record_served: case.verify,
+        ..SimConfig::default()
+    };
+    if case.rate_per_s > 0 {
+        sim_config.app_bucket = Some(Bucket {
+            capacity: 40.0,
+            refill_per_second: f64::from(case.rate_per_s),
+        });
+    }
+    let sim = common::simulator(sim_config).await?;
+    let mut config = DaemonConfig::new(&db.url);
+    config.requests_per_minute = case.rate_per_s * 60;
+    config.burst = 20;
+    config.concurrency = case.concurrency;
+    let path = config.write(dir, &sim)?;
+    let load_before = common::load();
+    let sim_cpu_before = common::own_cpu_s();
+    let daemon = common::spawn_daemon(&path, &["sync-once"], "warn", "sync-once")?;
+    let mut stopped = None;
+    if let Some(polls) = case.stop_after_polls {
+        let store = db.store().await?;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !daemon.is_running() {
+                break;
+            }
+            let done: i64 = store
+                .queue_counts()
+                .await?
+                .iter()
+                .filter(|(k, s, _)| k == "poll_signals" && s == "done")
+                .map(|c| c.2)
+                .sum();
+            if done >= polls {
+                daemon.signal("TERM")?;
+                stopped = Some((done, daemon.started.elapsed()));
+                break;
+            }
+        }
+        store.close().await;
+    }
+    let (stats, stdout, stderr) = daemon.wait().await?;
+    let sim_cpu = common::own_cpu_s() - sim_cpu_before;
+    let summary = common::parse_summary(&stdout);
+    let c = sim.counters();
+
+    let mut t = Table::new(format!(
+        "{} — {} ({} users × {} vehicles)",
+        case.name, db.backend, case.users, case.vehicles_per_user
+    ));
+    if let Some((polls, after)) = stopped {
+        t.info(
+            "stopped with SIGTERM (by design) after",
+            format!(
+                "{:.1} s: discovery, {} connections syncs, {polls} of {vehicles} polls",
+                after.as_secs_f64(),
+                case.users
+            ),
+        );
+    }
+    let code = stats
+        .status
+        .map_or("?".to_owned(), |s| s.code().unwrap_or(-1).to_string());
+    let ok = stopped.is_some() || stats.status.is_some_and(|s| s.success());
+    if stopped.is_some() {
+        t.info("sync-once exit status (interrupted by the SIGTERM)", code);
+    } else {
+        t.check("sync-once exit status", code, "0", ok);
+    }
+    if !ok {
+        eprintln!("daemon stderr:\n{}", tail(&stderr, 40));
+    }
+    let calls = c.api_calls as f64;
+    let cycle_s = summary
+        .get("cycle_s")
+        .copied()
+        .or(stopped.map(|(_, after)| after.as_secs_f64()))
+        .unwrap_or(f64::NAN);
+    let by_rate = if case.rate_per_s > 0 {
+        calls / f64::from(case.rate_per_s)
+    } else {
+        0.0
+    };
+    let by_latency = calls * case.latency_ms as f64 / 1000.0 / case.concurrency as f64;
+    let ideal = by_rate.max(by_latency);
+    t.info("API calls (simulator)", c.api_calls);
+    t.info(
+        "  connections / signals / other",
+        format!(
+            "{} / {} / {}",
+            c.connections_calls,
+            c.signals_calls,
+            c.api_calls - c.connections_calls - c.signals_calls
+        ),
+    );
+    t.info("cycle time (sync-once)", format!("{cycle_s:.2} s"));
+    t.info(
+        "process wall time (start-up, migration, token included)",
+        format!("{:.2} s", stats.wall.as_secs_f64()),
+    );
+    t.info(
+        "ideal = max(calls ÷ rate, calls × latency ÷ concurrency)",
+        format!("max({by_rate:.2}, {by_latency:.2}) = {ideal:.2} s"),
+    );
+    if ideal > 0.0 {
+        let eff = ideal / cycle_s;
+        t.check(
+            "cycle efficiency",
+            format!("{eff:.3}"),
+            "≥ 0.95",
+            eff >= 0.95,
+        );
+    }
+    t.info(
+        "achieved rate",
+        format!("{:.0} calls/s", calls / cycle_s.max(1e-9)),
+    );
+    if let Some((polls, _)) = stopped {
+        t.info(
+            "signals calls (run stopped mid-phase)",
+            format!(
+                "{} ({polls} polls done when SIGTERM was sent)",
+                c.signals_calls
+            ),
+        );
+    } else {
+        let per_vehicle = c.signals_calls as f64 / vehicles as f64;
+        t.check(
+            "signals calls per vehicle",
+            format!("{per_vehicle:.3}"),
+            "exactly 1",
+            c.signals_calls == vehicles as u64,
+        );
+    }
+    // Discovery pages the application's connections once, PAGE_SIZE a page.
+    let discovery_pages = vehicles.div_ceil(PAGE_SIZE as usize) as u64;
+    let per_user = c.connections_calls.saturating_sub(discovery_pages) as f64 / case.users as f64;
+    t.info(
+        "connections pages per user (discovery's pages apart)",
+        format!("{per_user:.3} (+ {discovery_pages} discovery pages)"),
+    );
+    t.check(
+        "token requests (1 h token; the cycle is shorter)",
+        c.token_requests,
+        "1",
+        c.token_requests == 1,
+    );
+    let r429 = c.responses_429_app + c.responses_429_vehicle;
+    t.check("429s served", r429, "0", r429 == 0);
+    t.check(
+        "calls before a Retry-After",
+        c.calls_before_retry_after,
+        "0",
+        c.calls_before_retry_after == 0,
+    );
+    t.info("daemon CPU (user+sys)", format!("{:.2} s", stats.cpu_s));
+    t.info(
+        "daemon CPU per 1,000 API calls",
+        format!("{:.3} s", stats.cpu_s / calls * 1000.0),
+    );
+    t.info(
+        "simulator + bench CPU (same machine)",
+        format!("{sim_cpu:.2} s"),
+    );
+    let peak = stats.peak_rss_kib;
+    if case.users * case.vehicles_per_user >= 100_000 {
+        t.check(
+            "daemon peak RSS (VmHWM), 100,000 vehicles known",
+            mib(peak),
+            "≤ 64 MiB",
+            peak <= 64 * 1024,
+        );
+    } else {
+        t.info("daemon peak RSS (VmHWM)", mib(peak));
+    }
+    if stopped.is_none() {
+        t.check(
+            "jobs dead",
+            summary.get("dead").copied().unwrap_or(f64::NAN),
+            "0",
+            summary.get("dead") == Some(&0.0),
+        );
+    }
+    t.info(
+        "jobs done / retries",
+        format!(
+            "{} / {}",
+            summary.get("done").copied().unwrap_or(f64::NAN),
+            summary.get("retries").copied().unwrap_or(f64::NAN)
+        ),
+    );
+    if case.verify {
+        let store = db.store().await?;
+        let cmp = common::compare(&store, &sim).await?;
+        t.check(
+            "served readings stored exactly once, right value",
+            format!("{} of {} (stored {})", cmp.matched, cmp.served, cmp.stored),
+            "all",
+            cmp.exact(),
+        );
+        store.close().await;
+    } else {
+        t.info(
+            "samples stored",
+            summary.get("samples").copied().unwrap_or(f64::NAN),
+        );
+    }
+    t.info("load average before → after", {
+        format!("{load_before} → {}", common::load())
+    });
+    sim.shutdown().await;
+    Ok(t)
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -1,0 +1,435 @@
+//! Insert throughput and size on disk, printed (not asserted): `cargo bench --bench insert`.
+//!
+//! For each backend, on one fresh database in one run:
+//! - the store's batch insert (`Store::ingest_samples`, the same statement a poll commits) with
+//!   one poll's worth of samples per transaction, then with 1000 per transaction;
+//! - bytes per sample on disk (table + indexes) after a million samples;
+//! - a raw baseline into the same table: `COPY … FROM STDIN` on PostgreSQL, prepared multi-row
+//!   `INSERT`s in one transaction on SQLite.
+//!
+//! PostgreSQL: `BENCH_DATABASE_URL` (a server URL whose user may CREATE DATABASE), else a
+//! throwaway cluster started from `/usr/lib/postgresql/*/bin` with its default durability
+//! (fsync on), else skipped. `BENCH_SAMPLES` changes the million.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Duration, Utc};
+use smartcar_sync::store::{NewSample, SampleSource, Store, StoreOptions};
+use sqlx::postgres::PgPoolCopyExt;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, Executor};
+
+const CODES: &[(&str, Option<&str>)] = &[
+    ("odometer-traveleddistance", Some("kilometers")),
+    ("tractionbattery-stateofcharge", Some("percent")),
+    ("tractionbattery-range", Some("kilometers")),
+    ("charge-ischarging", None),
+    ("charge-ischargingcableconnected", None),
+    ("charge-detailedchargingstatus", None),
+    ("charge-voltage", Some("volts")),
+    ("location-preciselocation", None),
+    ("location-isathome", None),
+    ("closure-doors", None),
+    ("closure-islocked", None),
+    ("lowvoltagebattery-stateofcharge", Some("percent")),
+];
+/// Samples per poll: one vehicle's signals at one moment.
+const POLL: usize = 12;
+const VEHICLES: usize = 1000;
+
+/// Sample `i` of a deterministic fleet history: polls of 12 signals, vehicles round-robin, a
+/// minute apart per vehicle.
+fn sample(i: usize, base: DateTime<Utc>) -> NewSample {
+    let poll = i / POLL;
+    let (code, unit) = CODES[i % POLL];
+    let vehicle = poll % VEHICLES;
+    let recorded_at = base + Duration::seconds(60 * (poll / VEHICLES) as i64);
+    let x = (i % 997) as f64 / 10.0;
+    let (value_num, body) = match code {
+        "location-preciselocation" => (
+            None,
+            format!(
+                r#"{{"latitude":{:.6},"longitude":{:.6},"heading":{x},"direction":"N","locationType":"CURRENT"}}"#,
+                37.0 + x / 1000.0,
+                -122.0 - x / 1000.0
+            ),
+        ),
+        "closure-doors" => (
+            None,
+            r#"{"values":[{"row":0,"column":0,"isOpen":false,"isLocked":true},{"row":0,"column":1,"isOpen":false,"isLocked":true},{"row":1,"column":0,"isOpen":false,"isLocked":true},{"row":1,"column":1,"isOpen":false,"isLocked":true}],"rowCount":2,"columnCount":2}"#.to_owned(),
+        ),
+        "charge-detailedchargingstatus" => (None, r#"{"value":"NOT_CHARGING"}"#.to_owned()),
+        _ => match unit {
+            Some(u) => (Some(x), format!(r#"{{"unit":"{u}","value":{x}}}"#)),
+            None => (Some(1.0), r#"{"value":true}"#.to_owned()),
+        },
+    };
+    NewSample {
+        vehicle_id: format!("{vehicle:08x}-0000-4000-8000-{vehicle:012x}"),
+        code: code.to_owned(),
+        recorded_at,
+        value_num,
+        unit: unit.map(str::to_owned),
+        body,
+        source: SampleSource::Poll,
+    }
+}
+
+fn samples(range: std::ops::Range<usize>, base: DateTime<Utc>) -> Vec<NewSample> {
+    range.map(|i| sample(i, base)).collect()
+}
+
+/// Inserts `n` samples through the store, `batch` per transaction; returns samples per second.
+async fn through_store(
+    store: &Store,
+    n: usize,
+    batch: usize,
+    base: DateTime<Utc>,
+) -> anyhow::Result<f64> {
+    let mut done = 0;
+    let mut elapsed = std::time::Duration::ZERO;
+    while done < n {
+        let chunk = samples(done..(done + batch).min(n), base);
+        let t = Instant::now();
+        let inserted = store.ingest_samples(&chunk, &[]).await?;
+        elapsed += t.elapsed();
+        if inserted as usize != chunk.len() {
+            bail!("inserted {inserted} of {}", chunk.len());
+        }
+        done += chunk.len();
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+struct Figures {
+    per_poll: f64,
+    per_1000: f64,
+    raw: f64,
+    raw_how: &'static str,
+    bytes_per_sample: f64,
+}
+
+fn print(backend: &str, n: usize, f: &Figures) {
+    println!("{backend}:");
+    println!(
+        "  store, one poll ({POLL} samples) per transaction : {:>10.0} samples/s",
+        f.per_poll
+    );
+    println!(
+        "  store, 1000 samples per transaction          : {:>10.0} samples/s",
+        f.per_1000
+    );
+    println!(
+        "  raw baseline ({:<30}): {:>10.0} samples/s",
+        f.raw_how, f.raw
+    );
+    println!(
+        "  on disk after {n} samples (table + indexes)  : {:>10.1} bytes/sample",
+        f.bytes_per_sample
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite
+
+async fn sqlite(n: usize, per_poll_n: usize, base: DateTime<Utc>) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = Store::connect(&url, &StoreOptions::default()).await?;
+    store.migrate().await?;
+    let mut admin = sqlx::SqliteConnection::connect_with(
+        &SqliteConnectOptions::from_str(&url)?.busy_timeout(std::time::Duration::from_secs(30)),
+    )
+    .await?;
+    let per_poll = through_store(&store, per_poll_n, POLL, base).await?;
+    admin.execute("DELETE FROM signal_samples").await?;
+    let empty = sqlite_size(&mut admin, &path).await?;
+    let per_1000 = through_store(&store, n, 1000, base).await?;
+    let full = sqlite_size(&mut admin, &path).await?;
+    admin.execute("DELETE FROM signal_samples").await?;
+
+    // Raw: one transaction, 100-row prepared INSERTs with the timestamps pre-formatted.
+    let rows = samples(0..n, base);
+    let text: Vec<String> = rows
+        .iter()
+        .map(|s| s.recorded_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        .collect();
+    let now = Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    const ROWS: usize = 100;
+    let one = "(?, ?, ?, ?, ?, ?, 'poll', ?)";
+    let sql = format!(
+        "INSERT INTO signal_samples \
+         (vehicle_id, code, recorded_at, value_num, unit, body, source, ingested_at) VALUES {}",
+        vec![one; ROWS].join(", ")
+    );
+    let t = Instant::now();
+    let mut tx = admin.begin().await?;
+    for (chunk, times) in rows.chunks(ROWS).zip(text.chunks(ROWS)) {
+        if chunk.len() < ROWS {
+            for (s, at) in chunk.iter().zip(times) {
+                sqlx::query(&format!(
+                    "INSERT INTO signal_samples \
+                     (vehicle_id, code, recorded_at, value_num, unit, body, source, ingested_at) \
+                     VALUES {one}"
+                ))
+                .bind(&s.vehicle_id)
+                .bind(&s.code)
+                .bind(at)
+                .bind(s.value_num)
+                .bind(&s.unit)
+                .bind(&s.body)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            continue;
+        }
+        let mut q = sqlx::query(&sql);
+        for (s, at) in chunk.iter().zip(times) {
+            q = q
+                .bind(&s.vehicle_id)
+                .bind(&s.code)
+                .bind(at)
+                .bind(s.value_num)
+                .bind(&s.unit)
+                .bind(&s.body)
+                .bind(&now);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    let raw = n as f64 / t.elapsed().as_secs_f64();
+    store.close().await;
+    Ok(Figures {
+        per_poll,
+        per_1000,
+        raw,
+        raw_how: "multi-row INSERT, 1 tx",
+        bytes_per_sample: (full - empty) as f64 / n as f64,
+    })
+}
+
+/// The database file's size once the WAL is folded in.
+async fn sqlite_size(conn: &mut sqlx::SqliteConnection, path: &Path) -> anyhow::Result<u64> {
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await?;
+    Ok(std::fs::metadata(path)?.len())
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+
+async fn postgres(
+    admin_url: &str,
+    n: usize,
+    per_poll_n: usize,
+    base: DateTime<Utc>,
+) -> anyhow::Result<Figures> {
+    let name = format!("bench_insert_{}", std::process::id());
+    let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
+    let url = with_database(admin_url, &name);
+    let result = postgres_in(&url, n, per_poll_n, base).await;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await?;
+    result
+}
+
+async fn postgres_in(
+    url: &str,
+    n: usize,
+    per_poll_n: usize,
+    base: DateTime<Utc>,
+) -> anyhow::Result<Figures> {
+    let store = Store::connect(url, &StoreOptions::default()).await?;
+    store.migrate().await?;
+    let pool = sqlx::PgPool::connect(url).await?;
+    let per_poll = through_store(&store, per_poll_n, POLL, base).await?;
+    pool.execute("TRUNCATE signal_samples").await?;
+    let per_1000 = through_store(&store, n, 1000, base).await?;
+    let size: i64 = sqlx::query_scalar(
+        "SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('signal_samples')",
+    )
+    .fetch_one(&pool)
+    .await?;
+    pool.execute("TRUNCATE signal_samples").await?;
+
+    // Raw: COPY in text format, 100k rows per COPY.
+    let now = Utc::now().to_rfc3339();
+    let rows = samples(0..n, base);
+    let t = Instant::now();
+    for chunk in rows.chunks(100_000) {
+        let mut data = String::with_capacity(chunk.len() * 160);
+        for s in chunk {
+            let esc = |v: &str| v.replace('\\', "\\\\");
+            data.push_str(&format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\tpoll\t{now}\n",
+                s.vehicle_id,
+                s.code,
+                s.recorded_at.to_rfc3339(),
+                s.value_num.map_or("\\N".to_owned(), |v| v.to_string()),
+                s.unit.as_deref().unwrap_or("\\N"),
+                esc(&s.body),
+            ));
+        }
+        let mut copy = pool
+            .copy_in_raw(
+                "COPY signal_samples \
+                 (vehicle_id, code, recorded_at, value_num, unit, body, source, ingested_at) \
+                 FROM STDIN",
+            )
+            .await?;
+        copy.send(data.into_bytes()).await?;
+        copy.finish().await?;
+    }
+    let raw = n as f64 / t.elapsed().as_secs_f64();
+    store.close().await;
+    pool.close().await;
+    Ok(Figures {
+        per_poll,
+        per_1000,
+        raw,
+        raw_how: "COPY FROM STDIN, 100k rows",
+        bytes_per_sample: size as f64 / n as f64,
+    })
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let after = base.find("://").map_or(0, |i| i + 3);
+    let end = base[after..].find('/').map_or(base.len(), |i| after + i);
+    let q = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    format!("{}/{db}{q}", &base[..end])
+}
+
+/// A throwaway cluster with PostgreSQL's default durability; stopped and removed on drop.
+struct Cluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    root: bool,
+    url: String,
+}
+
+impl Cluster {
+    fn start() -> anyhow::Result<Cluster> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .context("no PostgreSQL binaries under /usr/lib/postgresql/*/bin")?;
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let dir = tempfile::Builder::new().prefix("bench-pg-").tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let c = Cluster {
+            bin,
+            dir,
+            root,
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        };
+        if root {
+            run(Command::new("chown")
+                .arg("-R")
+                .arg("postgres:")
+                .arg(c.dir.path()))?;
+        }
+        let data = c.dir.path().join("data");
+        run(c
+            .cmd("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8"]))?;
+        run(c
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(c.dir.path().join("log"))
+            .args(["-w", "-o"])
+            .arg(format!(
+                "-c listen_addresses=127.0.0.1 -p {port} -k {}",
+                c.dir.path().display()
+            ))
+            .arg("start"))?;
+        Ok(c)
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        if self.root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(program));
+            c
+        } else {
+            Command::new(self.bin.join(program))
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = run(self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-w", "-m", "fast", "stop"]));
+    }
+}
+
+fn run(c: &mut Command) -> anyhow::Result<()> {
+    let out = c.output()?;
+    if !out.status.success() {
+        bail!("{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::var("BENCH_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    // The per-poll figure needs fewer samples to be stable (and takes a commit each).
+    let per_poll_n = (n / 10).max(POLL * 100);
+    // Inside the partitions the store creates (previous month to three ahead).
+    let base = Utc::now() - Duration::days(1);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        println!("insert benchmark: {n} samples, {VEHICLES} vehicles, {POLL} signals per poll");
+        let f = sqlite(n, per_poll_n, base).await?;
+        print("SQLite (WAL, synchronous=NORMAL)", n, &f);
+        let cluster;
+        let url = match std::env::var("BENCH_DATABASE_URL") {
+            Ok(u) if !u.trim().is_empty() => u,
+            _ => match Cluster::start() {
+                Ok(c) => {
+                    cluster = c;
+                    cluster.url.clone()
+                }
+                Err(e) => {
+                    println!("PostgreSQL: SKIPPED (no BENCH_DATABASE_URL, no cluster: {e:#})");
+                    return Ok(());
+                }
+            },
+        };
+        let f = postgres(&url, n, per_poll_n, base).await?;
+        print("PostgreSQL (default durability)", n, &f);
+        anyhow::Ok(())
+    })
+}
