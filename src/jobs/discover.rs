@@ -8,13 +8,14 @@ use super::{Done, JobContext, JobError};
 use crate::store::Job;
 
 pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
-    let connections = ctx.client.connections(None).collect_all().await?;
-    let users: Vec<String> = connections
-        .into_iter()
-        .filter_map(|c| c.user_id)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    // Page by page, keeping only the user ids: an application with 100,000 connections must
+    // not hold them all in memory.
+    let mut pager = ctx.client.connections(None);
+    let mut users = BTreeSet::new();
+    while let Some(page) = pager.next_page().await {
+        users.extend(page?.connections.into_iter().filter_map(|c| c.user_id));
+    }
+    let users: Vec<String> = users.into_iter().collect();
     let new = ctx.store.finish_discovery(job, &users, Utc::now()).await?;
     Ok(Done::Discovered {
         users: users.len(),
