@@ -39,28 +39,32 @@ pub(crate) async fn insert_samples(
 }
 
 /// Upserts signal statuses (already deduplicated); an older observation never overwrites a newer.
+/// One multi-row statement per chunk: SQLite has one writer, and every statement inside a write
+/// transaction is a round trip to the connection's thread that holds everyone else up.
 pub(crate) async fn upsert_statuses(
     tx: &mut Transaction<'static, Sqlite>,
     statuses: &[SignalState],
 ) -> Result<(), StoreError> {
-    for s in statuses {
-        sqlx::query(
+    for chunk in statuses.chunks(CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO signal_status \
-             (vehicle_id, code, status, error_type, error_code, observed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (vehicle_id, code) DO UPDATE SET status = excluded.status, \
+             (vehicle_id, code, status, error_type, error_code, observed_at) ",
+        );
+        qb.push_values(chunk, |mut b, s| {
+            b.push_bind(s.vehicle_id.as_str())
+                .push_bind(s.code.as_str())
+                .push_bind(s.status.as_str())
+                .push_bind(s.error_type.as_deref())
+                .push_bind(s.error_code.as_deref())
+                .push_bind(time::to_text(s.observed_at));
+        });
+        qb.push(
+            " ON CONFLICT (vehicle_id, code) DO UPDATE SET status = excluded.status, \
              error_type = excluded.error_type, error_code = excluded.error_code, \
              observed_at = excluded.observed_at \
              WHERE signal_status.observed_at <= excluded.observed_at",
-        )
-        .bind(s.vehicle_id.as_str())
-        .bind(s.code.as_str())
-        .bind(s.status.as_str())
-        .bind(s.error_type.as_deref())
-        .bind(s.error_code.as_deref())
-        .bind(time::to_text(s.observed_at))
-        .execute(&mut **tx)
-        .await?;
+        );
+        qb.build().execute(&mut **tx).await?;
     }
     Ok(())
 }
