@@ -11,11 +11,11 @@
 pub mod retry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,6 +58,8 @@ pub struct Runner {
     wake: Arc<Notify>,
     owner: String,
     stats: Arc<RunStats>,
+    /// Jobs running right now (for the shutdown log).
+    running: AtomicUsize,
 }
 
 impl Runner {
@@ -70,6 +72,7 @@ impl Runner {
             wake,
             owner,
             stats: Arc::new(RunStats::default()),
+            running: AtomicUsize::new(0),
         }
     }
 
@@ -77,80 +80,22 @@ impl Runner {
         self.stats.clone()
     }
 
-    /// Claims and runs jobs until `shutdown`, then drains within the grace period.
+    /// Runs `concurrency` workers until `shutdown`, then drains within the grace period.
     pub async fn run(self, shutdown: CancellationToken) {
-        let workers = Arc::new(Semaphore::new(self.settings.concurrency));
         let tracker = TaskTracker::new();
         // Cancelled when the grace period is over: running jobs are released.
         let abandon = CancellationToken::new();
         let this = Arc::new(self);
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = workers.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let now = Utc::now();
-            let free = 1 + workers.available_permits() as u32;
-            let claimed = match this
-                .ctx
-                .store
-                .claim(&this.owner, now, this.settings.lease, free)
-                .await
-            {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim jobs; retrying");
-                    drop(permit);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            if claimed.is_empty() {
-                drop(permit);
-                let wait = match this.ctx.store.next_wake(now).await {
-                    Ok(Some(at)) => (at - now).to_std().unwrap_or(Duration::ZERO),
-                    _ => this.settings.idle_poll,
-                }
-                .clamp(Duration::from_millis(5), this.settings.idle_poll);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = this.wake.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                continue;
-            }
-            let mut permit = Some(permit);
-            for job in claimed {
-                let permit = match permit.take() {
-                    Some(p) => p,
-                    // Only this loop takes permits, so the free ones it counted are still free.
-                    None => match workers.clone().try_acquire_owned() {
-                        Ok(p) => p,
-                        Err(_) => {
-                            this.release(&job, "no free worker").await;
-                            continue;
-                        }
-                    },
-                };
-                let this = this.clone();
-                let abandon = abandon.clone();
-                tracker.spawn(async move {
-                    this.run_one(job, abandon).await;
-                    drop(permit);
-                    this.wake.notify_one();
-                });
-            }
+        for _ in 0..this.settings.concurrency.max(1) {
+            let (this, shutdown, abandon) = (this.clone(), shutdown.clone(), abandon.clone());
+            tracker.spawn(async move { this.worker(shutdown, abandon).await });
         }
-
         tracker.close();
-        if !tracker.is_empty() {
+        shutdown.cancelled().await;
+        let running = this.running.load(Ordering::Relaxed);
+        if running > 0 {
             tracing::info!(
-                running = tracker.len(),
+                running,
                 grace_s = this.settings.shutdown_grace.as_secs_f64(),
                 "stopping: no new claims; waiting for running jobs"
             );
@@ -160,12 +105,58 @@ impl Runner {
             .is_err()
         {
             tracing::warn!(
-                running = tracker.len(),
+                running = this.running.load(Ordering::Relaxed),
                 "grace period over; releasing running jobs"
             );
             abandon.cancel();
             // Releasing is one quick statement per job; do not hang on a dead database.
             let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+        }
+    }
+
+    /// One worker: claim a due job, run it, repeat; sleep until something is due when idle.
+    ///
+    /// Each worker claims for itself (one job at a time) rather than one loop claiming for
+    /// all: a single claim loop caps throughput at one claim round trip per job, however many
+    /// workers wait. A worker that claimed something wakes one idle sibling, so a burst of new
+    /// jobs spreads over every worker within a few claims.
+    async fn worker(&self, shutdown: CancellationToken, abandon: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let now = Utc::now();
+            match self
+                .ctx
+                .store
+                .claim(&self.owner, now, self.settings.lease, 1)
+                .await
+            {
+                Ok(jobs) if !jobs.is_empty() => {
+                    self.wake.notify_one();
+                    for job in jobs {
+                        self.running.fetch_add(1, Ordering::Relaxed);
+                        self.run_one(job, abandon.clone()).await;
+                        self.running.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(_) => {
+                    let wait = match self.ctx.store.next_wake(now).await {
+                        Ok(Some(at)) => (at - now).to_std().unwrap_or(Duration::ZERO),
+                        _ => self.settings.idle_poll,
+                    }
+                    .clamp(Duration::from_millis(5), self.settings.idle_poll);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim jobs; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
         }
     }
 

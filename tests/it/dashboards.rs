@@ -176,7 +176,13 @@ async fn fill(db: &TestDb) -> Simulator {
         .expect("daemon starts");
     let started = Instant::now();
     let mut cycles = 0;
-    while started.elapsed() < Duration::from_secs(7) || cycles < 3 {
+    // At least 7 s and 3 cycles, and on until some vehicle has driven (its odometer readings
+    // differ), so the distance checks are never vacuous on a slow, loaded machine.
+    while started.elapsed() < Duration::from_secs(7) || cycles < 3 || !someone_drove(&sim) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no vehicle drove in 60 s"
+        );
         let report =
             tokio::time::timeout(Duration::from_secs(60), daemon.sync_once(&shutdown, |_| {}))
                 .await
@@ -187,6 +193,19 @@ async fn fill(db: &TestDb) -> Simulator {
     }
     daemon.store.close().await;
     sim
+}
+
+/// Whether the simulator served two different odometer readings for one vehicle.
+fn someone_drove(sim: &Simulator) -> bool {
+    let mut seen: HashMap<String, f64> = HashMap::new();
+    sim.served_readings()
+        .iter()
+        .filter(|r| r.code == "odometer-traveleddistance")
+        .any(|r| {
+            let v = r.value_num.unwrap_or_default();
+            seen.insert(r.vehicle_id.clone(), v)
+                .is_some_and(|prev| (prev - v).abs() > 1e-9)
+        })
 }
 
 fn km(r: &ServedReading) -> Option<f64> {
