@@ -54,7 +54,7 @@ impl SqliteDb {
 /// Whether a statement writes (so must queue for the writer): the store's writes all start
 /// with one of these words (`UPDATE … RETURNING` included).
 fn writes(sql: &str) -> bool {
-    let first = sql.trim_start().split_whitespace().next().unwrap_or("");
+    let first = sql.split_whitespace().next().unwrap_or("");
     ["INSERT", "UPDATE", "DELETE", "REPLACE", "WITH"]
         .iter()
         .any(|w| first.eq_ignore_ascii_case(w))
