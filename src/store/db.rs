@@ -9,8 +9,6 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use std::sync::Arc;
-
 use sqlx::{PgPool, Postgres, Row as _, Sqlite, SqlitePool};
 
 use super::{StoreError, time};
@@ -32,43 +30,9 @@ impl Backend {
     }
 }
 
-/// A SQLite pool and its one writer. SQLite allows one writer at a time; left to itself, a
-/// writer that finds the lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 … ms) however
-/// soon the lock frees. Queuing this process's writers on an async mutex instead hands the lock
-/// over the moment it is released. Reads do not queue (WAL).
-#[derive(Clone, Debug)]
-pub(crate) struct SqliteDb {
-    pub(crate) pool: SqlitePool,
-    writer: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl SqliteDb {
-    pub(crate) fn new(pool: SqlitePool) -> Self {
-        SqliteDb {
-            pool,
-            writer: Arc::new(tokio::sync::Mutex::new(())),
-        }
-    }
-}
-
-/// Whether a statement writes (so must queue for the writer): the store's writes all start
-/// with one of these words (`UPDATE … RETURNING` included).
-fn writes(sql: &str) -> bool {
-    let first = sql.split_whitespace().next().unwrap_or("");
-    ["INSERT", "UPDATE", "DELETE", "REPLACE", "WITH"]
-        .iter()
-        .any(|w| first.eq_ignore_ascii_case(w))
-}
-
-/// An open SQLite write transaction, holding the writer until it commits or drops.
-pub(crate) struct SqliteTx {
-    pub(crate) tx: sqlx::Transaction<'static, Sqlite>,
-    _writer: tokio::sync::OwnedMutexGuard<()>,
-}
-
 #[derive(Clone, Debug)]
 pub(crate) enum Pool {
-    Sqlite(SqliteDb),
+    Sqlite(SqlitePool),
     Postgres(PgPool),
 }
 
@@ -168,32 +132,19 @@ impl Pool {
     /// Runs one statement in autocommit; returns the rows it changed.
     pub(crate) async fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
         Ok(match self {
-            Pool::Sqlite(db) => {
-                let _writer = db.writer.lock().await;
-                sqlite_query(sql, args)?
-                    .execute(&db.pool)
-                    .await?
-                    .rows_affected()
-            }
+            Pool::Sqlite(p) => sqlite_query(sql, args)?.execute(p).await?.rows_affected(),
             Pool::Postgres(p) => pg_query(sql, args).execute(p).await?.rows_affected(),
         })
     }
 
     pub(crate) async fn all(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
         Ok(match self {
-            Pool::Sqlite(db) => {
-                let _writer = if writes(sql) {
-                    Some(db.writer.lock().await)
-                } else {
-                    None
-                };
-                sqlite_query(sql, args)?
-                    .fetch_all(&db.pool)
-                    .await?
-                    .into_iter()
-                    .map(Row::Sqlite)
-                    .collect()
-            }
+            Pool::Sqlite(p) => sqlite_query(sql, args)?
+                .fetch_all(p)
+                .await?
+                .into_iter()
+                .map(Row::Sqlite)
+                .collect(),
             Pool::Postgres(p) => pg_query(sql, args)
                 .fetch_all(p)
                 .await?
@@ -205,17 +156,10 @@ impl Pool {
 
     pub(crate) async fn opt(&self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Row>, StoreError> {
         Ok(match self {
-            Pool::Sqlite(db) => {
-                let _writer = if writes(sql) {
-                    Some(db.writer.lock().await)
-                } else {
-                    None
-                };
-                sqlite_query(sql, args)?
-                    .fetch_optional(&db.pool)
-                    .await?
-                    .map(Row::Sqlite)
-            }
+            Pool::Sqlite(p) => sqlite_query(sql, args)?
+                .fetch_optional(p)
+                .await?
+                .map(Row::Sqlite),
             Pool::Postgres(p) => pg_query(sql, args)
                 .fetch_optional(p)
                 .await?
@@ -228,13 +172,7 @@ impl Pool {
     /// SQLITE_BUSY when a read transaction would later need to upgrade.
     pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Pool::Sqlite(db) => {
-                let writer = db.writer.clone().lock_owned().await;
-                Tx::Sqlite(SqliteTx {
-                    tx: db.pool.begin_with("BEGIN IMMEDIATE").await?,
-                    _writer: writer,
-                })
-            }
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -242,7 +180,7 @@ impl Pool {
 
 /// An open transaction; dropped without [`Tx::commit`] it rolls back.
 pub(crate) enum Tx {
-    Sqlite(SqliteTx),
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
 
@@ -257,7 +195,7 @@ impl Tx {
     pub(crate) async fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
         Ok(match self {
             Tx::Sqlite(t) => sqlite_query(sql, args)?
-                .execute(&mut *t.tx)
+                .execute(&mut **t)
                 .await?
                 .rows_affected(),
             Tx::Postgres(t) => pg_query(sql, args).execute(&mut **t).await?.rows_affected(),
@@ -271,7 +209,7 @@ impl Tx {
     ) -> Result<Vec<Row>, StoreError> {
         Ok(match self {
             Tx::Sqlite(t) => sqlite_query(sql, args)?
-                .fetch_all(&mut *t.tx)
+                .fetch_all(&mut **t)
                 .await?
                 .into_iter()
                 .map(Row::Sqlite)
@@ -287,7 +225,7 @@ impl Tx {
 
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite(t) => t.tx.commit().await?,
+            Tx::Sqlite(t) => t.commit().await?,
             Tx::Postgres(t) => t.commit().await?,
         }
         Ok(())

@@ -435,7 +435,7 @@ impl Store {
             } else {
                 po.max_connections(opts.max_connections.max(1))
             };
-            Pool::Sqlite(db::SqliteDb::new(po.connect_with(co).await?))
+            Pool::Sqlite(po.connect_with(co).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let timeout_ms = opts.statement_timeout.as_millis().max(1);
             let co = PgConnectOptions::from_str(url)
@@ -468,7 +468,7 @@ impl Store {
             Pool::Sqlite(p) => {
                 let mut tries = 0;
                 loop {
-                    match migrate::sqlite().await?.run(&p.pool).await {
+                    match migrate::sqlite().await?.run(p).await {
                         Ok(()) => break,
                         Err(e) if tries < 5 => {
                             tries += 1;
@@ -496,7 +496,7 @@ impl Store {
     /// Closes the pool, waiting for checked-out connections to come back (shutdown).
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(db) => db.pool.close().await,
+            Pool::Sqlite(p) => p.close().await,
             Pool::Postgres(p) => p.close().await,
         }
     }
@@ -524,8 +524,8 @@ impl Store {
         cutoff: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
         match &self.pool {
-            Pool::Sqlite(db) => {
-                sqlite::delete_samples_before(&db.pool, cutoff).await?;
+            Pool::Sqlite(p) => {
+                sqlite::delete_samples_before(p, cutoff).await?;
                 Ok(Vec::new())
             }
             Pool::Postgres(p) => postgres::drop_partitions_before(p, cutoff).await,

@@ -97,8 +97,8 @@ impl Tx {
         let statuses = dedup_statuses(statuses);
         match self {
             Tx::Sqlite(t) => {
-                let n = sqlite::insert_samples(&mut t.tx, samples, now).await?;
-                sqlite::upsert_statuses(&mut t.tx, &statuses).await?;
+                let n = sqlite::insert_samples(t, samples, now).await?;
+                sqlite::upsert_statuses(t, &statuses).await?;
                 Ok(n)
             }
             Tx::Postgres(t) => {
