@@ -2,7 +2,6 @@
 //! paging and every response variant the simulator can produce.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -266,81 +265,15 @@ async fn paging_250_connections_takes_3_calls_in_every_paging_variant() {
     }
 }
 
-/// A misbehaving server (not the contract): it answers page 1 whatever page is asked, with
-/// a `next` link, forever.
-async fn repeating_server() -> (String, tokio::task::JoinHandle<()>) {
-    let page = json!({"data": [{"id": "c1", "type": "connection",
-        "attributes": {"permissions": [], "vehicle": {"make": "X", "model": "Y", "year": 2020}},
-        "relationships": {"vehicle": {"data": {"id": "v1"}}, "user": {"data": {"id": "u1"}}}}],
-        "meta": {"pageNumber": 1, "pageSize": 1},
-        "links": {"next": "/connections?page[number]=2"}});
-    let app = Router::new()
-        .route(
-            "/oauth2/token",
-            post(|| async {
-                axum::Json(json!({"access_token": "t", "token_type": "Bearer", "expires_in": 3600}))
-            }),
-        )
-        .route(
-            "/v3/connections",
-            get(move || async move { axum::Json(page.clone()) }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    (format!("http://{addr}"), handle)
-}
-
-#[tokio::test]
-async fn a_server_repeating_page_1_forever_ends_with_an_error() {
-    let (base, server) = repeating_server().await;
-    let tokens = tokens_for(
-        format!("{base}/oauth2/token"),
-        "id".into(),
-        SecretSource::value(SecretString::from("s".to_owned())),
+/// A misbehaving server (not the contract) for the routes in `api`, plus a token endpoint;
+/// returns a client pointed at it and the server's task.
+async fn stub(api: Router) -> (Client, tokio::task::JoinHandle<()>) {
+    let app = api.route(
+        "/oauth2/token",
+        post(|| async {
+            axum::Json(json!({"access_token": "t", "token_type": "Bearer", "expires_in": 3600}))
+        }),
     );
-    let client = Client::new(
-        ClientConfig {
-            api_url: format!("{base}/v3"),
-            request_timeout: Duration::from_secs(2),
-            vehicle_mode: "live".into(),
-        },
-        http(),
-        tokens,
-        None,
-    )
-    .unwrap();
-    let result = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.connections(Some("u1")).collect_all(),
-    )
-    .await
-    .expect("the pager must not loop forever");
-    let err = result.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Runaway, "{err}");
-    server.abort();
-}
-
-#[tokio::test]
-async fn a_malformed_answer_is_a_retryable_error_carrying_its_request_id() {
-    let app = Router::new()
-        .route(
-            "/oauth2/token",
-            post(|| async {
-                axum::Json(json!({"access_token": "t", "token_type": "Bearer", "expires_in": 3600}))
-            }),
-        )
-        .route(
-            "/v3/vehicles/{id}/signals",
-            get(|| async {
-                (
-                    [("sc-request-id", "req-malformed")],
-                    axum::Json(json!({"data": "not a list"})),
-                )
-            }),
-        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move {
@@ -362,6 +295,45 @@ async fn a_malformed_answer_is_a_retryable_error_carrying_its_request_id() {
         None,
     )
     .unwrap();
+    (client, server)
+}
+
+#[tokio::test]
+async fn a_server_repeating_page_1_forever_ends_with_an_error() {
+    // Page 1 whatever page is asked, always with a `next` link.
+    let page = json!({"data": [{"id": "c1", "type": "connection",
+        "attributes": {"permissions": [], "vehicle": {"make": "X", "model": "Y", "year": 2020}},
+        "relationships": {"vehicle": {"data": {"id": "v1"}}, "user": {"data": {"id": "u1"}}}}],
+        "meta": {"pageNumber": 1, "pageSize": 1},
+        "links": {"next": "/connections?page[number]=2"}});
+    let (client, server) = stub(Router::new().route(
+        "/v3/connections",
+        get(move || async move { axum::Json(page.clone()) }),
+    ))
+    .await;
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.connections(Some("u1")).collect_all(),
+    )
+    .await
+    .expect("the pager must not loop forever");
+    let err = result.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Runaway, "{err}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_malformed_answer_is_a_retryable_error_carrying_its_request_id() {
+    let (client, server) = stub(Router::new().route(
+        "/v3/vehicles/{id}/signals",
+        get(|| async {
+            (
+                [("sc-request-id", "req-malformed")],
+                axum::Json(json!({"data": "not a list"})),
+            )
+        }),
+    ))
+    .await;
     let err = client.signals("v1", "u1").await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Malformed, "{err}");
     assert_eq!(err.request_id.as_deref(), Some("req-malformed"));
@@ -521,6 +493,5 @@ async fn secrets_and_tokens_never_show_in_debug_output() {
     assert!(!shown.contains(&issued[0]), "{shown}");
     assert!(!shown.contains(SECRET), "{shown}");
     assert!(shown.contains(&token.fingerprint));
-    let _ = Arc::new(());
     sim.shutdown().await;
 }
