@@ -5,24 +5,29 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use smartcar_sync::schedule::{Schedule, Which};
-use smartcar_sync::store::{JobKind, UserSource};
+use smartcar_sync::store::{JobKind, Store, UserSource};
 use tokio::sync::Notify;
 
 use crate::support;
+
+/// A schedule over `store` with its own wake-up (nothing listens to it here).
+fn new_schedule(connections: &str, signals: &str, discover: bool, store: &Store) -> Schedule {
+    Schedule::new(
+        connections,
+        signals,
+        discover,
+        store.clone(),
+        Arc::new(Notify::new()),
+    )
+    .unwrap()
+}
 
 #[tokio::test]
 async fn a_first_start_catches_up_once_and_a_restart_does_not_repeat_it() {
     for db in support::databases().await {
         let store = db.store().await;
         store.add_user("u1", UserSource::Cli).await.unwrap();
-        let schedule = Schedule::new(
-            "0 0 * * * *",
-            "0 */30 * * * *",
-            true,
-            store.clone(),
-            Arc::new(Notify::new()),
-        )
-        .unwrap();
+        let schedule = new_schedule("0 0 * * * *", "0 */30 * * * *", true, &store);
         let now = Utc::now();
         schedule.catch_up(now).await.unwrap();
         assert!(
@@ -43,14 +48,7 @@ async fn a_first_start_catches_up_once_and_a_restart_does_not_repeat_it() {
             1
         );
         // A restart within the same period: nothing was missed, nothing is enqueued again.
-        let again = Schedule::new(
-            "0 0 * * * *",
-            "0 */30 * * * *",
-            true,
-            store.clone(),
-            Arc::new(Notify::new()),
-        )
-        .unwrap();
+        let again = new_schedule("0 0 * * * *", "0 */30 * * * *", true, &store);
         again.catch_up(now + Duration::seconds(5)).await.unwrap();
         let ticks = store.queue_counts().await.unwrap();
         let total: i64 = ticks.iter().map(|(_, _, n)| n).sum();
@@ -65,22 +63,8 @@ async fn two_daemons_firing_the_same_tick_enqueue_it_once() {
     for db in support::databases().await {
         let store = db.store().await;
         store.add_user("u1", UserSource::Cli).await.unwrap();
-        let a = Schedule::new(
-            "0 0 * * * *",
-            "0 */30 * * * *",
-            false,
-            store.clone(),
-            Arc::new(Notify::new()),
-        )
-        .unwrap();
-        let b = Schedule::new(
-            "0 0 * * * *",
-            "0 */30 * * * *",
-            false,
-            store.clone(),
-            Arc::new(Notify::new()),
-        )
-        .unwrap();
+        let a = new_schedule("0 0 * * * *", "0 */30 * * * *", false, &store);
+        let b = new_schedule("0 0 * * * *", "0 */30 * * * *", false, &store);
         let tick = Utc::now();
         let (na, nb) = tokio::join!(
             a.fire(Which::Connections, tick),
@@ -105,14 +89,7 @@ async fn a_schedule_silent_for_two_periods_is_detected_and_its_tick_fired() {
         let store = db.store().await;
         store.add_user("u1", UserSource::Cli).await.unwrap();
         // Every 10 s; the last tick was a minute ago: the scheduler has stalled.
-        let schedule = Schedule::new(
-            "*/10 * * * * *",
-            "*/10 * * * * *",
-            false,
-            store.clone(),
-            Arc::new(Notify::new()),
-        )
-        .unwrap();
+        let schedule = new_schedule("*/10 * * * * *", "*/10 * * * * *", false, &store);
         let long_ago = Utc::now() - Duration::seconds(60);
         schedule.fire(Which::Connections, long_ago).await.unwrap();
         schedule.fire(Which::Signals, long_ago).await.unwrap();
