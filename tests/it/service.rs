@@ -3,7 +3,6 @@
 //! in the logs, the token audit or the database.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use smartcar_sync::config::Config;
@@ -206,17 +205,9 @@ async fn under_systemd_it_notifies_ready_watchdog_and_stopping_and_sigterm_exits
         .arg("--config")
         .arg(&path)
         .arg("run")
-        .env("SMARTCAR_CLIENT_SECRET", support::SECRET)
-        .env("SMARTCAR_SYNC_LOG", "info")
         .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "200000")
-        .env_remove("DATABASE_URL")
-        .env_remove("SMARTCAR_CLIENT_ID")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .env("WATCHDOG_USEC", "200000");
+    support::daemon_env(&mut cmd, "info");
     let child = start(cmd);
 
     let mut messages: Vec<String> = Vec::new();

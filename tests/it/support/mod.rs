@@ -163,10 +163,15 @@ listen = "{listen}"
 /// stdout and stderr piped.
 pub fn child(config: &Path, args: &[&str], log_level: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_smartcar-sync"));
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .env("SMARTCAR_CLIENT_SECRET", SECRET)
+    cmd.arg("--config").arg(config).args(args);
+    daemon_env(&mut cmd, log_level);
+    cmd
+}
+
+/// The environment and pipes of a daemon child: the secret as an operator passes it, no
+/// overrides leaking in from the test runner's environment.
+pub fn daemon_env(cmd: &mut tokio::process::Command, log_level: &str) {
+    cmd.env("SMARTCAR_CLIENT_SECRET", SECRET)
         .env("SMARTCAR_SYNC_LOG", log_level)
         .env_remove("DATABASE_URL")
         .env_remove("SMARTCAR_CLIENT_ID")
@@ -175,7 +180,6 @@ pub fn child(config: &Path, args: &[&str], log_level: &str) -> tokio::process::C
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    cmd
 }
 
 /// Polls `check` every 50 ms until it holds or `timeout` passes.
