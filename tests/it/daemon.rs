@@ -16,9 +16,8 @@ fn fleet(users: usize, vehicles_per_user: usize) -> SimConfig {
     SimConfig {
         users,
         vehicles_per_user,
-        // Readings hold still for the whole test (each signal has its own phase, so with an
-        // hour some of 700 readings would change mid-test): a second poll sees the same ones.
-        update_period: Duration::from_secs(10 * 365 * 86_400),
+        // A second poll sees the same readings.
+        update_period: support::READINGS_HOLD_STILL,
         ..SimConfig::default()
     }
 }

@@ -23,7 +23,7 @@ fn fleet(users: usize, vehicles_per_user: usize) -> SimConfig {
         users,
         vehicles_per_user,
         // Readings hold still: a poll and a webhook see the same readings.
-        update_period: Duration::from_secs(3600),
+        update_period: support::READINGS_HOLD_STILL,
         ..SimConfig::default()
     }
 }

@@ -19,7 +19,7 @@ fn fleet(users: usize, per_user: usize, latency: Duration) -> SimConfig {
         vehicles_per_user: per_user,
         // Readings hold still: a repeated poll would find nothing new, so only counters and the
         // jobs table can tell that a job ran twice.
-        update_period: Duration::from_secs(3600),
+        update_period: support::READINGS_HOLD_STILL,
         latency,
         ..SimConfig::default()
     }

@@ -19,7 +19,7 @@ fn fleet() -> SimConfig {
     SimConfig {
         users: 3,
         vehicles_per_user: 2,
-        update_period: Duration::from_secs(3600),
+        update_period: support::READINGS_HOLD_STILL,
         management_token: MANAGEMENT_TOKEN.to_owned(),
         ..SimConfig::default()
     }

@@ -12,6 +12,12 @@ use smartcar_sync::config::Config;
 use smartcar_sync::simulator::{SimConfig, Simulator};
 use smartcar_sync::store::{Store, StoreOptions};
 
+/// An update period long enough that no reading changes during a test. Each signal has its own
+/// phase, so with an hour some of a few hundred readings would change mid-test, and a reading
+/// served to a poll whose commit failed (a killed process, a database restart) would be
+/// superseded before the retry could store it.
+pub const READINGS_HOLD_STILL: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// The secret every test simulator accepts.
 pub const SECRET: &str = "it-client-secret-0123456789";
 
