@@ -1,5 +1,6 @@
 //! The command line: `smartcar-sync [--config PATH] <command>`. Each command's output is meant
-//! for a person at a terminal; exit status 78 means a configuration error.
+//! for a person at a terminal. Exit statuses follow sysexits.h ([`exit`]), so systemd and
+//! operators can tell "fix the configuration" from "the database is down, retry".
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,73 @@ use crate::daemon::{Daemon, open_store};
 use crate::store::{JobKind, UserSource};
 
 /// `EX_CONFIG` from sysexits.h: systemd and operators recognise it.
-pub const EXIT_CONFIG: u8 = 78;
+pub const EXIT_CONFIG: u8 = exit::CONFIG;
+
+/// The exit statuses, from sysexits.h. `RestartPreventExitStatus=` in the unit lists the ones a
+/// restart cannot fix.
+pub mod exit {
+    /// Failure: `sync-once` ended with dead jobs, or an error not classified below.
+    pub const FAILURE: u8 = 1;
+    /// `EX_UNAVAILABLE`: the database cannot be reached (PostgreSQL down, network). A restart
+    /// may fix it.
+    pub const UNAVAILABLE: u8 = 69;
+    /// `EX_OSERR`: a listener cannot be bound (address in use, no permission for the port).
+    pub const CANNOT_LISTEN: u8 = 71;
+    /// `EX_CANTCREAT`: the SQLite database cannot be created or written (directory missing,
+    /// permissions, read-only file system).
+    pub const CANNOT_CREATE: u8 = 73;
+    /// `EX_CONFIG`: the configuration is wrong (a key named in the message), including a
+    /// database URL that does not parse and credentials the database refuses.
+    pub const CONFIG: u8 = 78;
+}
+
+/// The exit status an error deserves: the first classifiable cause in its chain.
+pub fn exit_status(e: &anyhow::Error) -> u8 {
+    use crate::store::StoreError;
+    for cause in e.chain() {
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return exit::CONFIG;
+        }
+        if cause.downcast_ref::<crate::daemon::ListenError>().is_some() {
+            return exit::CANNOT_LISTEN;
+        }
+        match cause.downcast_ref::<StoreError>() {
+            Some(StoreError::BadUrl(_)) => return exit::CONFIG,
+            Some(StoreError::Database(e)) => return sqlx_exit_status(e),
+            Some(StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e))) => {
+                return sqlx_exit_status(e);
+            }
+            _ => {}
+        }
+        if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
+            return sqlx_exit_status(e);
+        }
+    }
+    exit::FAILURE
+}
+
+fn sqlx_exit_status(e: &sqlx::Error) -> u8 {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => exit::UNAVAILABLE,
+        sqlx::Error::Configuration(_) => exit::CONFIG,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            match code.as_ref() {
+                // PostgreSQL: bad password, no such role or database.
+                "28P01" | "28000" | "3D000" => exit::CONFIG,
+                // PostgreSQL: starting up, shutting down, too many connections.
+                "57P03" | "57P01" | "53300" => exit::UNAVAILABLE,
+                // SQLite (primary code in the low byte): CANTOPEN 14, READONLY 8, PERM 3,
+                // FULL 13, IOERR 10.
+                c => match c.parse::<u32>().map(|n| n & 0xff) {
+                    Ok(14 | 8 | 3 | 13 | 10) => exit::CANNOT_CREATE,
+                    _ => exit::FAILURE,
+                },
+            }
+        }
+        _ => exit::FAILURE,
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +114,9 @@ pub enum Command {
     Status,
     /// Create or update the database schema.
     Migrate,
+    /// Issue a one-time Smartcar Connect URL for one user to connect a vehicle (its `state` is
+    /// single-use and expires after connect.state_ttl).
+    ConnectUrl,
     /// Validate every configuration key, then check the credentials with a token request.
     CheckConfig,
     /// Start the simulator and the daemon against it with a local SQLite file; print a summary.
@@ -94,6 +164,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     crate::telemetry::init(config.log.format, &config.log.level);
+    for (key, file) in config.world_readable_secrets(&path) {
+        tracing::warn!(
+            key,
+            file = %file.display(),
+            "a file holding a secret is readable by every user on this machine: chmod o-r it"
+        );
+    }
     let result = match cli.command {
         Command::Run => run_daemon(config, path, must_exist).await,
         Command::SyncOnce => sync_once(config).await,
@@ -101,6 +178,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Vehicles(VehiclesCommand::List) => vehicles(config).await,
         Command::Status => status(config).await,
         Command::Migrate => migrate(config).await,
+        Command::ConnectUrl => connect_url(config).await,
         Command::CheckConfig => return check_config(config).await,
         Command::Demo(_) | Command::Simulate(_) => Ok(ExitCode::SUCCESS),
     };
@@ -110,8 +188,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             if let Some(ce) = e.downcast_ref::<ConfigError>() {
                 return config_error(ce);
             }
+            let status = exit_status(&e);
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(status)
         }
     }
 }
@@ -243,11 +322,12 @@ async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
     let store = migrated_store(&config).await?;
     match cmd {
         UsersCommand::Add { ids } => {
+            // Every id is checked before any is added.
+            for id in &ids {
+                crate::ids::check("user id", id.trim())?;
+            }
             for id in &ids {
                 let id = id.trim();
-                if id.is_empty() {
-                    anyhow::bail!("a user id cannot be empty");
-                }
                 let new = store.add_user(id, UserSource::Cli).await?;
                 store
                     .enqueue(JobKind::SyncConnections, id, Utc::now())
@@ -409,6 +489,20 @@ fn ago(d: chrono::Duration) -> String {
         120..=7199 => format!("{}m", s / 60),
         _ => format!("{}h", s / 3600),
     }
+}
+
+async fn connect_url(config: Config) -> anyhow::Result<ExitCode> {
+    let store = migrated_store(&config).await?;
+    let settings = crate::http::ConnectSettings::from_config(&config);
+    let issued = crate::http::issue_connect_url(&store, &settings, Utc::now()).await;
+    store.close().await;
+    let issued = issued?;
+    println!("{}", issued.url);
+    eprintln!(
+        "valid once, until {} (connect.state_ttl)",
+        issued.expires_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn migrate(config: Config) -> anyhow::Result<ExitCode> {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::smartcar::SecretSource;
@@ -47,6 +47,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
+    pub connect: ConnectConfig,
     pub retention: RetentionConfig,
 }
 
@@ -137,10 +138,44 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Webhooks, Connect callback, health and metrics; empty turns the server off.
+    /// The public listener: webhooks, the Connect callback and `/healthz`; empty turns the
+    /// server off.
     pub listen: String,
-    /// If set, the Connect callback's `state` must carry a valid HMAC of this secret.
+    /// The admin listener: `/metrics`, `/readyz`, `/healthz` and issuing Connect URLs.
+    /// Loopback by default; empty serves those routes on `listen` instead.
+    pub admin_listen: String,
+    /// Lets an application that builds its own Connect URLs sign `state` itself
+    /// (`NONCE.EXPIRES.HMAC`); such a state is still single-use and expiring.
     pub connect_state_secret: Option<SecretString>,
+    /// VERIFY is answered only this long after start or SIGHUP; `0s` never answers it.
+    #[serde(with = "duration_str")]
+    pub verify_window: Duration,
+    /// A client must send a request's headers within this (also the keep-alive idle limit).
+    #[serde(with = "duration_str")]
+    pub header_timeout: Duration,
+    /// A client must send a request's whole body within this.
+    #[serde(with = "duration_str")]
+    pub body_timeout: Duration,
+    /// Connections open at once per listener; more are closed at accept.
+    pub max_connections: usize,
+    /// Request body bytes buffered at once, over all connections; past it a request gets 503.
+    pub max_body_bytes_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectConfig {
+    /// Smartcar Connect's authorization URL.
+    pub authorize_url: String,
+    /// The redirect URI registered with Smartcar: where `/connect/callback` is reached.
+    pub redirect_uri: String,
+    /// The permissions asked for, space-separated.
+    pub scope: String,
+    /// How long an issued Connect URL (its `state`) stays valid.
+    #[serde(with = "duration_str")]
+    pub state_ttl: Duration,
+    /// New users the Connect callback may register per rolling hour.
+    pub max_new_users_per_hour: u32,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -223,7 +258,25 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
             connect_state_secret: None,
+            verify_window: Duration::from_secs(3600),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_body_bytes_in_flight: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        ConnectConfig {
+            authorize_url: "https://connect.smartcar.com/oauth/authorize".into(),
+            redirect_uri: String::new(),
+            scope: "read_vehicle_info read_odometer read_battery read_charge read_location".into(),
+            state_ttl: Duration::from_secs(3600),
+            max_new_users_per_hour: 60,
         }
     }
 }
@@ -295,10 +348,12 @@ impl Config {
         if let Some(v) = set(getenv(env::CLIENT_ID)) {
             self.smartcar.client_id = v;
         }
-        if let Some(v) = set(getenv(env::CLIENT_SECRET)) {
+        // A secret variable that is set but empty is an error (validate names it), not
+        // "unset": `SMARTCAR_MANAGEMENT_TOKEN=$UNSET_VAR` must not mean "sign with nothing".
+        if let Some(v) = getenv(env::CLIENT_SECRET) {
             self.smartcar.client_secret = Some(SecretString::from(v));
         }
-        if let Some(v) = set(getenv(env::MANAGEMENT_TOKEN)) {
+        if let Some(v) = getenv(env::MANAGEMENT_TOKEN) {
             self.smartcar.management_token = Some(SecretString::from(v));
         }
         if let Some(dir) = set(getenv(env::CREDENTIALS_DIRECTORY)) {
@@ -346,16 +401,8 @@ impl Config {
         if s.request_timeout.is_zero() {
             return Err(invalid("smartcar.request_timeout", "must be more than 0"));
         }
-        let db = &self.database.url;
-        if !(db.starts_with("sqlite:")
-            || db.starts_with("postgres://")
-            || db.starts_with("postgresql://"))
-        {
-            return Err(invalid(
-                "database.url",
-                "must start with sqlite: or postgres://",
-            ));
-        }
+        validate_secrets(self)?;
+        validate_database_url(&self.database.url)?;
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
@@ -384,11 +431,49 @@ impl Config {
                 "backoff_min must be > 0 and backoff_max >= backoff_min",
             ));
         }
-        if !self.http.listen.is_empty() && SocketAddr::from_str(&self.http.listen).is_err() {
+        let h = &self.http;
+        for (key, addr) in [
+            ("http.listen", &h.listen),
+            ("http.admin_listen", &h.admin_listen),
+        ] {
+            if !addr.is_empty() && SocketAddr::from_str(addr).is_err() {
+                return Err(invalid(key, "must be ADDRESS:PORT, or empty"));
+            }
+        }
+        if !h.listen.is_empty() && h.listen == h.admin_listen {
             return Err(invalid(
-                "http.listen",
-                "must be ADDRESS:PORT, or empty to turn it off",
+                "http.admin_listen",
+                "must differ from http.listen (leave it empty to share that listener)",
             ));
+        }
+        if h.header_timeout.is_zero() || h.body_timeout.is_zero() {
+            return Err(invalid(
+                "http.header_timeout",
+                "header_timeout and body_timeout must be more than 0",
+            ));
+        }
+        if h.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
+        if h.max_body_bytes_in_flight < crate::http::BODY_LIMIT {
+            return Err(invalid(
+                "http.max_body_bytes_in_flight",
+                format!(
+                    "must be at least one body ({} bytes)",
+                    crate::http::BODY_LIMIT
+                ),
+            ));
+        }
+        let c = &self.connect;
+        match reqwest::Url::parse(&c.authorize_url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => return Err(invalid("connect.authorize_url", "must be an http(s) URL")),
+        }
+        if !c.redirect_uri.is_empty() && reqwest::Url::parse(&c.redirect_uri).is_err() {
+            return Err(invalid("connect.redirect_uri", "must be an absolute URL"));
+        }
+        if c.state_ttl < Duration::from_secs(60) || c.state_ttl > Duration::from_secs(86_400) {
+            return Err(invalid("connect.state_ttl", "must be between 1m and 1d"));
         }
         if !self.retention.samples.is_empty() {
             parse_duration(&self.retention.samples).map_err(|e| invalid("retention.samples", e))?;
@@ -454,6 +539,127 @@ impl Config {
     pub fn sample_retention(&self) -> Option<Duration> {
         parse_duration(&self.retention.samples).ok()
     }
+}
+
+impl Config {
+    /// Files holding a secret that other users may read: the client secret and management
+    /// token files, and the configuration file itself when it holds a secret (a secret key, or
+    /// a database URL with a password). Each comes with the key that names it.
+    pub fn world_readable_secrets(&self, config_path: &Path) -> Vec<(&'static str, PathBuf)> {
+        let mut out = Vec::new();
+        let s = &self.smartcar;
+        for (key, path) in [
+            ("smartcar.client_secret_file", &s.client_secret_file),
+            ("smartcar.management_token_file", &s.management_token_file),
+        ] {
+            if let Some(path) = path
+                && world_readable(path)
+            {
+                out.push((key, path.clone()));
+            }
+        }
+        if world_readable(config_path)
+            && let Ok(text) = std::fs::read_to_string(config_path)
+            && let Ok(file) = Config::parse(&text, config_path)
+        {
+            let url_password = reqwest::Url::parse(&file.database.url).is_ok_and(|u| {
+                u.password().is_some() || u.query_pairs().any(|(k, _)| k == "password")
+            });
+            if file.smartcar.client_secret.is_some()
+                || file.smartcar.management_token.is_some()
+                || file.http.connect_state_secret.is_some()
+                || url_password
+            {
+                out.push(("--config", config_path.to_owned()));
+            }
+        }
+        out
+    }
+}
+
+/// Whether users other than the owner and group may read `path`.
+fn world_readable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
+/// Every secret, from whichever source: set means non-empty. A file source must be readable
+/// and hold something other than white space. The message names the key, never the value.
+fn validate_secrets(c: &Config) -> Result<(), ConfigError> {
+    let s = &c.smartcar;
+    for (key, value, var) in [
+        (
+            "smartcar.client_secret",
+            &s.client_secret,
+            Some(env::CLIENT_SECRET),
+        ),
+        (
+            "smartcar.management_token",
+            &s.management_token,
+            Some(env::MANAGEMENT_TOKEN),
+        ),
+        (
+            "http.connect_state_secret",
+            &c.http.connect_state_secret,
+            None,
+        ),
+    ] {
+        if let Some(v) = value
+            && v.expose_secret().trim().is_empty()
+        {
+            let from = var.map(|v| format!(" (or {v})")).unwrap_or_default();
+            return Err(invalid(
+                key,
+                format!("is empty{from}: set a real secret, or remove the key"),
+            ));
+        }
+    }
+    for (key, path) in [
+        ("smartcar.client_secret_file", &s.client_secret_file),
+        ("smartcar.management_token_file", &s.management_token_file),
+    ] {
+        if let Some(path) = path {
+            SecretSource::File(path.clone())
+                .read()
+                .map_err(|e| invalid(key, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// `database.url` must be a SQLite or PostgreSQL URL that parses. The message never shows the
+/// URL (it may hold a password), only what is wrong with it.
+fn validate_database_url(url: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "database.url";
+    if url.starts_with("sqlite:") {
+        return sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            .map(|_| ())
+            .map_err(|_| invalid(KEY, "is not a valid SQLite URL (sqlite://PATH)"));
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(invalid(KEY, "must start with sqlite: or postgres://"));
+    }
+    if let Err(e) = reqwest::Url::parse(url) {
+        // url's parse errors are fixed phrases ("invalid port number"), never the input.
+        return Err(invalid(
+            KEY,
+            format!(
+                "is not a valid PostgreSQL URL: {e} (percent-encode special characters in the \
+                 password, e.g. # as %23)"
+            ),
+        ));
+    }
+    sqlx::postgres::PgConnectOptions::from_str(url)
+        .map(|_| ())
+        .map_err(|_| invalid(KEY, "is not a valid PostgreSQL URL"))
 }
 
 /// serde's "unknown field `x`, expected …" names the field only in its message.
@@ -522,6 +728,80 @@ mod tests {
         assert_eq!(c.queue.concurrency, d.queue.concurrency);
         assert_eq!(c.rate_limit.burst, d.rate_limit.burst);
         assert_eq!(c.database.url, d.database.url);
+        assert_eq!(c.http.admin_listen, d.http.admin_listen);
+        assert_eq!(c.http.verify_window, d.http.verify_window);
+        assert_eq!(c.http.max_connections, d.http.max_connections);
+        assert_eq!(
+            c.http.max_body_bytes_in_flight,
+            d.http.max_body_bytes_in_flight
+        );
+        assert_eq!(c.connect.scope, d.connect.scope);
+        assert_eq!(
+            c.connect.max_new_users_per_hour,
+            d.connect.max_new_users_per_hour
+        );
+    }
+
+    #[test]
+    fn an_empty_or_blank_secret_is_an_error_naming_its_key() {
+        for (text, key) in [
+            (
+                "[smartcar]\nclient_secret = \"\"\n",
+                "smartcar.client_secret",
+            ),
+            (
+                "[smartcar]\nmanagement_token = \" \\n\"\n",
+                "smartcar.management_token",
+            ),
+            (
+                "[http]\nconnect_state_secret = \"\"\n",
+                "http.connect_state_secret",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{key}:")), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "\r\n").unwrap();
+        let text = format!(
+            "[smartcar]\nmanagement_token_file = {:?}\n",
+            file.display().to_string()
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("smartcar.management_token_file:"), "{e}");
+        let missing = format!(
+            "[smartcar]\nclient_secret_file = {:?}\n",
+            "/nonexistent/secret"
+        );
+        let e = parse(&missing).unwrap_err().to_string();
+        assert!(e.starts_with("smartcar.client_secret_file:"), "{e}");
+        // From the environment too: set but empty is not "unset".
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "").unwrap();
+        let e = Config::load(&path, true, |k| {
+            (k == env::MANAGEMENT_TOKEN).then(String::new)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("smartcar.management_token:"), "{e}");
+        assert!(e.contains(env::MANAGEMENT_TOKEN), "{e}");
+    }
+
+    #[test]
+    fn an_unparsable_database_url_is_named_without_its_password() {
+        for url in [
+            "postgres://dbuser:S3cretPw#x@h/db",
+            "postgres://dbuser:S3cretPw@h:notaport/db",
+            "postgresql://u:S3cretPw@[bad/db",
+        ] {
+            let e = parse(&format!("[database]\nurl = {url:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("database.url:"), "{e}");
+            assert!(!e.contains("S3cretPw"), "{e}");
+        }
+        assert!(parse("[database]\nurl = \"postgres://u:p%23w@h/db\"\n").is_ok());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::http::{HttpSecrets, HttpState};
+use crate::http::{ConnectSettings, HttpSecrets, HttpState, ServerLimits};
 use crate::jobs::JobContext;
 use crate::queue::{QueueSettings, RetryPolicy, RunStats, Runner};
 use crate::schedule::Schedule;
@@ -35,14 +35,42 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         })
 }
 
-/// A database URL without its password, for messages.
+/// A database URL without its password, for messages: the userinfo password and any
+/// `password`/`sslpassword` query parameter become `***`. A URL that does not parse is shown as
+/// its scheme alone, since where its password starts cannot be known.
 pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            let secret_param = |k: &str| {
+                k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword")
+            };
+            if u.query_pairs().any(|(k, _)| secret_param(&k)) {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret_param(&k) {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
-        _ => url.to_owned(),
+        Err(_) => {
+            let scheme = url.split(':').next().unwrap_or_default();
+            if scheme.len() < 16 && scheme.bytes().all(|b| b.is_ascii_alphabetic()) {
+                format!("{scheme}://***")
+            } else {
+                "***".to_owned()
+            }
+        }
     }
 }
 
@@ -105,6 +133,42 @@ pub struct Daemon {
     pub client_secret: SecretSource,
     /// The HTTP surface's secrets (replaced on reload).
     pub http_secrets: Arc<HttpSecrets>,
+    /// The HTTP surface's bounds (one body budget for both listeners).
+    http_limits: Arc<ServerLimits>,
+}
+
+/// A listener that could not be bound: the key that names it, the address, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({key}): {source}")]
+pub struct ListenError {
+    pub key: &'static str,
+    pub addr: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The bound listeners: public (`http.listen`) and admin (`http.admin_listen`).
+struct Listeners {
+    public: Option<tokio::net::TcpListener>,
+    admin: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Each listener with the routes it serves: with no admin listener, the public one serves
+    /// every route.
+    fn into_routers(self, state: &HttpState) -> Vec<(tokio::net::TcpListener, axum::Router)> {
+        let mut out = Vec::new();
+        match (self.public, self.admin) {
+            (Some(public), Some(admin)) => {
+                out.push((public, crate::http::public_router(state.clone())));
+                out.push((admin, crate::http::admin_router(state.clone())));
+            }
+            (Some(public), None) => out.push((public, crate::http::router(state.clone()))),
+            (None, Some(admin)) => out.push((admin, crate::http::admin_router(state.clone()))),
+            (None, None) => {}
+        }
+        out
+    }
 }
 
 impl Daemon {
@@ -123,6 +187,7 @@ impl Daemon {
             client.pause_until(until);
         }
         let http_secrets = Arc::new(HttpSecrets::from_config(&config));
+        let http_limits = Arc::new(ServerLimits::from_config(&config.http));
         Ok(Daemon {
             config,
             store,
@@ -131,6 +196,7 @@ impl Daemon {
             tracker: TaskTracker::new(),
             client_secret,
             http_secrets,
+            http_limits,
         })
     }
 
@@ -166,14 +232,15 @@ impl Daemon {
     ) -> anyhow::Result<()> {
         let schedule = self.schedule()?;
         // Bound first: a port in use fails the start (systemd restarts), not the first webhook.
-        let listener = self.bind_http().await?;
+        let listeners = self.bind_http().await?;
         schedule.catch_up(Utc::now()).await?;
         schedule.start(shutdown.clone(), &self.tracker).await?;
-        if let Some(listener) = listener {
-            let state = self.http_state(Some(schedule.clone()));
+        let state = self.http_state(Some(schedule.clone()));
+        for (listener, router) in listeners.into_routers(&state) {
             let stop = shutdown.clone();
+            let limits = state.limits.clone();
             self.tracker.spawn(async move {
-                if let Err(e) = crate::http::serve(listener, state, stop).await {
+                if let Err(e) = crate::http::server::serve(listener, router, &limits, stop).await {
                     tracing::error!(error = %e, "the HTTP server stopped");
                 }
             });
@@ -331,23 +398,38 @@ impl Daemon {
         }
     }
 
-    /// The listener on `[http] listen`, or `None` when the server is off.
-    async fn bind_http(&self) -> anyhow::Result<Option<tokio::net::TcpListener>> {
-        let listen = &self.config.http.listen;
-        if listen.is_empty() {
-            return Ok(None);
-        }
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
-        if !self.http_secrets.has_management_token() {
+    /// The listeners `[http]` asks for, bound (a port in use is an error now, not later).
+    async fn bind_http(&self) -> anyhow::Result<Listeners> {
+        let h = &self.config.http;
+        let bind = |key: &'static str, addr: String| async move {
+            if addr.is_empty() {
+                return Ok(None);
+            }
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|source| ListenError {
+                    key,
+                    addr: addr.clone(),
+                    source,
+                })?;
+            tracing::info!(listen = %addr, key, "HTTP server listening");
+            anyhow::Ok(Some(listener))
+        };
+        let public = bind("http.listen", h.listen.clone()).await?;
+        let admin = bind("http.admin_listen", h.admin_listen.clone()).await?;
+        if public.is_some() && !self.http_secrets.has_management_token() {
             tracing::warn!(
                 "no management token (SMARTCAR_MANAGEMENT_TOKEN or smartcar.management_token_file): \
                  webhooks will be answered 503"
             );
         }
-        tracing::info!(listen = %listen, "HTTP server listening");
-        Ok(Some(listener))
+        if public.is_some() && admin.is_none() {
+            tracing::warn!(
+                "http.admin_listen is empty: /metrics, /readyz and POST /connect/url are served \
+                 on http.listen; do not publish it beyond a trusted network"
+            );
+        }
+        Ok(Listeners { public, admin })
     }
 
     /// What the HTTP handlers share; `schedule` is the running one (for `/readyz`).
@@ -358,6 +440,8 @@ impl Daemon {
             schedule,
             wake: self.wake.clone(),
             secrets: self.http_secrets.clone(),
+            limits: self.http_limits.clone(),
+            connect: Arc::new(ConnectSettings::from_config(&self.config)),
         }
     }
 
@@ -499,6 +583,9 @@ async fn maintenance(store: Store, config: Config, shutdown: CancellationToken) 
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot prune finished jobs"),
         }
+        if let Err(e) = store.prune_connect_states(now).await {
+            tracing::warn!(error = %e, "cannot prune expired Connect states");
+        }
         if let Err(e) = store.ensure_partitions(now, 3).await {
             tracing::warn!(error = %e, "cannot create sample partitions ahead");
         }
@@ -512,6 +599,30 @@ async fn maintenance(store: Store, config: Config, shutdown: CancellationToken) 
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "retention failed"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_urls_show_no_password_in_any_form() {
+        let cases = [
+            (
+                "postgres://u:S3cretPw@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            (
+                "postgres://u@h/db?sslmode=require&password=S3cretPw",
+                "postgres://u@h/db?sslmode=require&password=***",
+            ),
+            ("postgres://u:S3cretPw#x@h/db", "postgres://***"),
+            ("sqlite://fleet.db", "sqlite://fleet.db"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown);
         }
     }
 }

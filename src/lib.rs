@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod demo;
 pub mod events;
 pub mod http;
+pub mod ids;
 pub mod jobs;
 pub mod queue;
 pub mod schedule;

@@ -105,6 +105,7 @@ shutdown_grace = "{grace}ms"
 
 [http]
 listen = ""
+admin_listen = ""
 "#,
             auth = sim.auth_url(),
             api = sim.api_url(),

@@ -1,15 +1,24 @@
-//! The HTTP surface on `[http] listen`: Smartcar's webhooks, the Connect redirect, and what
-//! operators and monitoring ask (`/healthz`, `/readyz`, `/metrics`).
+//! The HTTP surface, on two listeners.
+//!
+//! - The **public** one (`[http] listen`, published through a TLS proxy): Smartcar's webhooks,
+//!   the Connect redirect and `/healthz`. Everything arriving here is untrusted until a
+//!   signature or a daemon-issued `state` proves it.
+//! - The **admin** one (`[http] admin_listen`, loopback by default): `/metrics`, `/readyz`,
+//!   `/healthz`, and issuing Connect URLs. What it tells (queue depth, readiness reasons) and
+//!   what it does (mint a registration) is for operators and the operator's own application.
 //!
 //! Handlers only parse, verify and call one store operation; the queue does the rest (a new user
 //! becomes a connections-sync job). Nothing here ever logs a secret, a token or a signature.
+//! [`server`] bounds what a client can hold: connections, header and body time, body bytes.
 
+mod body;
 mod connect;
 mod health;
+pub mod server;
 mod webhooks;
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -26,7 +35,9 @@ use crate::schedule::Schedule;
 use crate::smartcar::{SecretSource, TokenProvider};
 use crate::store::Store;
 
-pub use connect::connect_state;
+pub use connect::{ConnectSettings, IssuedConnectUrl, issue_connect_url, signed_connect_state};
+pub use server::ServerLimits;
+pub use webhooks::{MAX_CHALLENGE_LEN, challenge_is_acceptable};
 
 /// Largest webhook body accepted (413 above): Smartcar's payloads are a few KiB.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -40,8 +51,10 @@ const STORE_DEADLINE: Duration = Duration::from_secs(10);
 pub struct HttpSecrets {
     /// Keys webhook signatures and the VERIFY answer.
     management_token: RwLock<Option<SecretSource>>,
-    /// If set, Connect's `state` must carry its HMAC.
+    /// If set, an application may sign Connect states itself.
     connect_state_secret: RwLock<Option<SecretString>>,
+    /// VERIFY is answered until then (`None`: not at all).
+    verify_open_until: RwLock<Option<Instant>>,
 }
 
 impl HttpSecrets {
@@ -62,6 +75,21 @@ impl HttpSecrets {
             .connect_state_secret
             .write()
             .unwrap_or_else(|e| e.into_inner()) = config.http.connect_state_secret.clone();
+        // Start and every reload open the window in which VERIFY is answered.
+        let window = config.http.verify_window;
+        *self
+            .verify_open_until
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) =
+            (!window.is_zero()).then(|| Instant::now() + window);
+    }
+
+    /// Whether a VERIFY challenge may be answered now.
+    pub fn verify_is_open(&self) -> bool {
+        self.verify_open_until
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// The management token: `None` when not configured, `Err` when its file cannot be read.
@@ -100,6 +128,10 @@ pub struct HttpState {
     /// Wakes the worker pool when a handler enqueued work.
     pub wake: Arc<Notify>,
     pub secrets: Arc<HttpSecrets>,
+    /// Connection, time and body bounds.
+    pub limits: Arc<ServerLimits>,
+    /// How Connect URLs are issued and callbacks bounded.
+    pub connect: Arc<ConnectSettings>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -110,28 +142,52 @@ impl std::fmt::Debug for HttpState {
     }
 }
 
-/// Every route of the surface.
-pub fn router(state: HttpState) -> Router {
+/// The public routes: what Smartcar and the users' browsers reach.
+fn public_routes() -> Router<HttpState> {
     Router::new()
         .route("/webhooks/smartcar", post(webhooks::receive))
         .route("/connect/callback", get(connect::callback))
-        .route("/healthz", get(health::healthz))
+}
+
+/// The admin routes: monitoring, and issuing Connect URLs.
+fn admin_routes() -> Router<HttpState> {
+    Router::new()
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/connect/url", post(connect::issue))
+}
+
+/// `routes` plus `/healthz` (on every listener), with the body limit and the state.
+fn finish(routes: Router<HttpState>, state: HttpState) -> Router {
+    routes
+        .route("/healthz", get(health::healthz))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
-/// Serves on `listener` until `shutdown`, then lets requests in flight finish (a webhook being
-/// stored is answered, not cut).
+/// The public listener's router.
+pub fn public_router(state: HttpState) -> Router {
+    finish(public_routes(), state)
+}
+
+/// The admin listener's router.
+pub fn admin_router(state: HttpState) -> Router {
+    finish(admin_routes(), state)
+}
+
+/// Every route on one listener (`admin_listen` empty).
+pub fn router(state: HttpState) -> Router {
+    finish(public_routes().merge(admin_routes()), state)
+}
+
+/// Serves every route on `listener` until `shutdown` (see [`server::serve`]).
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let limits = state.limits.clone();
+    server::serve(listener, router(state), &limits, shutdown).await
 }
 
 /// Hex HMAC-SHA256 of `msg` keyed with `key`.

@@ -6,20 +6,36 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{HttpState, STORE_DEADLINE, hmac_hex, hmac_verify};
+use super::{HttpState, STORE_DEADLINE, body, hmac_hex, hmac_verify};
 use crate::events;
+use crate::ids::{self, Escaped};
 use crate::jobs::signals::{next_month, readings};
 use crate::smartcar::Signal;
 use crate::store::{SampleSource, VehicleErrorUpdate, VehicleStatus, WebhookDelivery};
 
-/// Ids longer than this are not Smartcar's.
-const MAX_ID_LEN: usize = 200;
+/// Longest VERIFY challenge answered. Smartcar's challenges are short random tokens.
+pub const MAX_CHALLENGE_LEN: usize = 128;
+
+/// Whether a VERIFY challenge is a short opaque token: 1 to [`MAX_CHALLENGE_LEN`] characters of
+/// letters, digits and `- _ . ~ + / =` (UUIDs, hex, base64 and base64url all fit).
+///
+/// This is what keeps VERIFY from being a signing oracle. Its answer is
+/// HMAC(management token, challenge), which is exactly the `SC-Signature` a delivery whose raw
+/// body equals the challenge would carry. Every delivery the daemon acts on is a JSON object, so
+/// its body starts with `{` and holds `"`: characters no acceptable challenge contains. No answer
+/// to VERIFY can therefore sign anything this endpoint would store.
+pub fn challenge_is_acceptable(challenge: &str) -> bool {
+    !challenge.is_empty()
+        && challenge.len() <= MAX_CHALLENGE_LEN
+        && challenge.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'/' | b'=')
+        })
+}
 
 fn answer(status: StatusCode, event_type: &str, outcome: &'static str) -> Response {
     events::webhook(event_type, outcome);
@@ -29,14 +45,14 @@ fn answer(status: StatusCode, event_type: &str, outcome: &'static str) -> Respon
 pub(super) async fn receive(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request_body: axum::body::Body,
 ) -> Response {
-    let body = match body {
+    // Bounded in size, in time and against the process-wide budget of body bytes in flight.
+    let body: Bytes = match body::read(request_body, &state.limits).await {
         Ok(b) => b,
-        // Over the body limit (413) or a broken upload.
-        Err(e) => {
-            events::webhook("unknown", "rejected_body");
-            return e.into_response();
+        Err(rejected) => {
+            events::webhook("unknown", rejected.outcome());
+            return rejected.into_response();
         }
     };
     let key = match state.secrets.management_token() {
@@ -83,7 +99,7 @@ pub(super) async fn receive(
     };
     // Only VERIFY comes unsigned.
     if event_type == "VERIFY" {
-        return verify(&envelope, &key);
+        return verify(&state, &envelope, &key);
     }
     if signature.is_none() {
         return answer(StatusCode::UNAUTHORIZED, event_type, "missing_signature");
@@ -95,11 +111,27 @@ pub(super) async fn receive(
     }
 }
 
-/// Answers the subscription challenge: hex HMAC-SHA256(management token, challenge).
-fn verify(envelope: &Value, key: &secrecy::SecretString) -> Response {
+/// Answers the subscription challenge: hex HMAC-SHA256(management token, challenge), but only
+/// for a challenge that is a short opaque token ([`challenge_is_acceptable`]) and only while
+/// verification is open (`[http] verify_window` after start or SIGHUP).
+fn verify(state: &HttpState, envelope: &Value, key: &secrecy::SecretString) -> Response {
     let Some(challenge) = envelope.pointer("/data/challenge").and_then(Value::as_str) else {
         return answer(StatusCode::BAD_REQUEST, "VERIFY", "malformed");
     };
+    if !challenge_is_acceptable(challenge) {
+        tracing::warn!(
+            challenge_len = challenge.len(),
+            "VERIFY refused: the challenge is not a short opaque token (a forged signing request?)"
+        );
+        return answer(StatusCode::BAD_REQUEST, "VERIFY", "bad_challenge");
+    }
+    if !state.secrets.verify_is_open() {
+        tracing::warn!(
+            "VERIFY refused: verification is closed (http.verify_window); send SIGHUP \
+             (systemctl reload) to open it, then verify the webhook in Smartcar's dashboard"
+        );
+        return answer(StatusCode::FORBIDDEN, "VERIFY", "verify_closed");
+    }
     events::webhook("VERIFY", "verified");
     (
         StatusCode::OK,
@@ -108,19 +140,31 @@ fn verify(envelope: &Value, key: &secrecy::SecretString) -> Response {
         .into_response()
 }
 
-fn id_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty() && s.len() <= MAX_ID_LEN)
+/// The id at `pointer`: `Ok(None)` when absent, `Err` when present but not a valid id
+/// ([`ids::is_valid`]): a delivery carrying one is refused whole.
+fn id_at<'a>(v: &'a Value, pointer: &str) -> Result<Option<&'a str>, ()> {
+    match v.pointer(pointer) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if ids::is_valid(s) => Ok(Some(s.as_str())),
+        Some(other) => {
+            let shown = other.as_str().map(Escaped);
+            tracing::warn!(field = pointer, id = ?shown, "webhook refused: invalid id");
+            Err(())
+        }
+    }
 }
 
 async fn deliver(state: &HttpState, event_type: &str, envelope: &Value) -> Response {
-    let Some(event_id) = id_at(envelope, "/eventId") else {
-        return answer(StatusCode::BAD_REQUEST, event_type, "malformed");
-    };
-    let vehicle_id = id_at(envelope, "/vehicleId").or_else(|| id_at(envelope, "/data/vehicle/id"));
-    let user_id = id_at(envelope, "/data/user/id");
-    let Some(vehicle_id) = vehicle_id else {
+    let ids = (|| {
+        let event_id = id_at(envelope, "/eventId")?.ok_or(())?;
+        let vehicle_id = match id_at(envelope, "/vehicleId")? {
+            Some(v) => v,
+            None => id_at(envelope, "/data/vehicle/id")?.ok_or(())?,
+        };
+        let user_id = id_at(envelope, "/data/user/id")?;
+        Ok::<_, ()>((event_id, vehicle_id, user_id))
+    })();
+    let Ok((event_id, vehicle_id, user_id)) = ids else {
         return answer(StatusCode::BAD_REQUEST, event_type, "malformed");
     };
     let now = Utc::now();

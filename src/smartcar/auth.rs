@@ -47,6 +47,9 @@ impl SecretSource {
         match self {
             SecretSource::Value(v) => Ok(v.read().unwrap_or_else(|e| e.into_inner()).clone()),
             SecretSource::File(path) => match std::fs::read_to_string(path) {
+                // An empty file (`printf '%s' "$UNSET" > file`) is no secret: refusing it keeps
+                // an empty key from ever signing or verifying anything.
+                Ok(s) if s.trim().is_empty() => Err(format!("{} is empty", path.display())),
                 Ok(s) => Ok(SecretString::from(
                     s.trim_end_matches(['\r', '\n']).to_owned(),
                 )),

@@ -26,6 +26,11 @@ const SQLITE: Embedded = &[
         "dashboards",
         include_str!("../../migrations/sqlite/0002_dashboards.sql"),
     ),
+    (
+        3,
+        "connect_states",
+        include_str!("../../migrations/sqlite/0003_connect_states.sql"),
+    ),
 ];
 
 const POSTGRES: Embedded = &[
@@ -38,6 +43,11 @@ const POSTGRES: Embedded = &[
         2,
         "dashboards",
         include_str!("../../migrations/postgres/0002_dashboards.sql"),
+    ),
+    (
+        3,
+        "connect_states",
+        include_str!("../../migrations/postgres/0003_connect_states.sql"),
     ),
 ];
 

@@ -60,6 +60,7 @@ macro_rules! reconnect_set {
 }
 
 mod audit;
+mod connect;
 mod db;
 mod fleet;
 mod migrate;
@@ -70,6 +71,7 @@ pub mod time;
 mod webhooks;
 
 pub use audit::TokenAuditRow;
+pub use connect::{ConnectRedemption, StateProof};
 pub use webhooks::{VehicleErrorUpdate, WebhookDelivery, WebhookOutcome};
 
 use std::fmt;
@@ -112,6 +114,24 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+/// Creates a new SQLite database file readable by its owner only (0600): it holds vehicle
+/// locations. SQLite gives the `-wal` and `-shm` files the database file's mode, so they are
+/// owner-only too. An existing file is left as it is (a dashboard may read it through its
+/// group); any failure here is left for SQLite to report when it opens the file.
+fn create_owner_only(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 fn sqlx_is_transient(e: &sqlx::Error) -> bool {
@@ -425,6 +445,9 @@ impl Store {
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
                 .synchronous(SqliteSynchronous::Normal);
+            if !memory {
+                create_owner_only(co.get_filename());
+            }
             let po = SqlitePoolOptions::new().acquire_timeout(opts.acquire_timeout);
             // An in-memory database lives as long as its connection: keep exactly one, forever.
             let po = if memory {

@@ -110,7 +110,7 @@ impl Tx {
     }
 
     /// Enqueues one job per subject (skipping subjects with an open job of that kind).
-    async fn enqueue_many(
+    pub(crate) async fn enqueue_many(
         &mut self,
         kind: JobKind,
         subjects: &[String],

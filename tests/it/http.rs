@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{self, TestDb};
 
 /// The management token the test simulator signs with.
-fn management_token() -> String {
+pub(crate) fn management_token() -> String {
     SimConfig::default().management_token
 }
 
-fn fleet(users: usize, vehicles_per_user: usize) -> SimConfig {
+pub(crate) fn fleet(users: usize, vehicles_per_user: usize) -> SimConfig {
     SimConfig {
         users,
         vehicles_per_user,
@@ -29,15 +29,19 @@ fn fleet(users: usize, vehicles_per_user: usize) -> SimConfig {
 }
 
 /// A started daemon (no workers, no schedule running) with its HTTP surface on a free port.
-struct Surface {
-    daemon: Daemon,
-    base: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
+pub(crate) struct Surface {
+    pub(crate) daemon: Daemon,
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Surface {
-    async fn start(sim: &Simulator, db: &TestDb, tweak: impl FnOnce(&mut Config)) -> Surface {
+    pub(crate) async fn start(
+        sim: &Simulator,
+        db: &TestDb,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Surface {
         let mut config = support::config(sim, &db.url);
         config.smartcar.management_token = Some(SecretString::from(management_token()));
         tweak(&mut config);
@@ -61,7 +65,7 @@ impl Surface {
         }
     }
 
-    async fn post(&self, body: Vec<u8>, signature: Option<&str>) -> (u16, String) {
+    pub(crate) async fn post(&self, body: Vec<u8>, signature: Option<&str>) -> (u16, String) {
         let mut req = self
             .http
             .post(format!("{}/webhooks/smartcar", self.base))
@@ -74,12 +78,12 @@ impl Surface {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
-    async fn post_signed(&self, sim: &Simulator, body: Vec<u8>) -> (u16, String) {
+    pub(crate) async fn post_signed(&self, sim: &Simulator, body: Vec<u8>) -> (u16, String) {
         let sig = sim.sign(&body);
         self.post(body, Some(&sig)).await
     }
 
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
@@ -89,7 +93,7 @@ impl Surface {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         self.daemon.store.close().await;
     }
@@ -307,16 +311,23 @@ async fn the_connect_callback_registers_the_user_and_enqueues_its_sync() {
         let sim = support::simulator(fleet(1, 1)).await;
         let secret = SecretString::from("connect-state-secret".to_owned());
         let s = Surface::start(&sim, &db, |c| {
-            c.http.connect_state_secret = Some(secret.clone())
+            c.http.connect_state_secret = Some(secret.clone());
+            c.connect.redirect_uri = "https://fleet.example/connect/callback".into();
         })
         .await;
         let b = db.backend;
         let user = "5b1c6a0e-3d7f-4c2b-9e8a-1f0d2c3b4a59";
-        let state = smartcar_sync::http::connect_state(&secret, "n0nce");
+        // A state the daemon issued, and one an application signed with the shared secret.
+        let issued = crate::security::issue_state(&s).await;
+        let signed = smartcar_sync::http::signed_connect_state(
+            &secret,
+            "9f86d081884c7d65",
+            chrono::Utc::now() + chrono::Duration::minutes(5),
+        );
 
         let (status, html) = s
             .get(&format!(
-                "/connect/callback?code=abc&state={state}&user_id={user}"
+                "/connect/callback?code=abc&state={issued}&user_id={user}"
             ))
             .await;
         assert_eq!(status, 200, "{b}: {html}");
@@ -328,6 +339,12 @@ async fn the_connect_callback_registers_the_user_and_enqueues_its_sync() {
             (user, UserSource::Connect)
         );
         assert_eq!(open_syncs(&s).await, 1, "{b}");
+        let (status, _) = s
+            .get(&format!(
+                "/connect/callback?state={signed}&user_id=second-user"
+            ))
+            .await;
+        assert_eq!(status, 200, "{b}: a signed state");
 
         let (status, html) = s
             .get(&format!(
@@ -338,22 +355,21 @@ async fn the_connect_callback_registers_the_user_and_enqueues_its_sync() {
         assert_eq!(status, 403, "{b}: a forged state");
         assert!(!html.contains("Vehicle connected"));
         let (status, html) = s
-            .get(&format!(
-                "/connect/callback?state={state}&error=access_denied&error_description=User+denied"
-            ))
+            .get("/connect/callback?error=access_denied&error_description=User+denied")
             .await;
         assert_eq!(status, 400);
         assert!(
             html.contains("access_denied") && html.contains("User denied"),
             "{html}"
         );
+        let fresh = crate::security::issue_state(&s).await;
         let (status, _) = s
             .get(&format!(
-                "/connect/callback?state={state}&user_id=%3Cscript%3E"
+                "/connect/callback?state={fresh}&user_id=%3Cscript%3E"
             ))
             .await;
         assert_eq!(status, 400);
-        assert_eq!(s.daemon.store.list_users().await.unwrap().len(), 1, "{b}");
+        assert_eq!(s.daemon.store.list_users().await.unwrap().len(), 2, "{b}");
         s.stop().await;
         sim.shutdown().await;
         db.cleanup().await;
@@ -410,7 +426,7 @@ async fn readyz_names_rejected_credentials() {
 
 /// Checks the OpenMetrics text line by line: comments are HELP/TYPE/UNIT/EOF, every sample is
 /// `name{labels} value` with a float value, and the exposition ends with `# EOF`.
-fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+pub(crate) fn parse_metrics(text: &str) -> Vec<(String, f64)> {
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
     let mut samples = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {

@@ -8,6 +8,7 @@ mod dashboards;
 mod http;
 mod scale_out;
 mod schedule;
+mod security;
 mod service;
 mod simulator;
 mod store;

@@ -42,7 +42,11 @@ fn service_config(
     let mut config: Config = support::config(sim, &db.url);
     let port = free_port();
     config.http.listen = format!("127.0.0.1:{port}");
-    let path = support::write_config(db.dir.path(), &config, "");
+    let path = support::write_config(
+        db.dir.path(),
+        &config,
+        "\n[connect]\nredirect_uri = \"https://fleet.example/connect/callback\"\n",
+    );
     let text = std::fs::read_to_string(&path).unwrap().replacen(
         "[smartcar]\n",
         &format!("[smartcar]\n{smartcar_extra}\n"),
@@ -285,9 +289,26 @@ async fn secrets_never_reach_logs_audit_or_database_on_the_service_paths() {
             .await
             .unwrap();
         assert_eq!(verify.status().as_u16(), 200, "{b}");
+        // A Connect URL issued by the daemon (admin routes share the listener here); its
+        // single-use state must not reach the logs either.
+        let issued: serde_json::Value = http
+            .post(format!("{base}/connect/url"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let issued_url = reqwest::Url::parse(issued["url"].as_str().unwrap()).unwrap();
+        let connect_state = issued_url
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .into_owned();
         let connect = http
             .get(format!(
-                "{base}/connect/callback?code=it-auth-code-4242&state=s&user_id=u-1"
+                "{base}/connect/callback?code=it-auth-code-4242&state={connect_state}&user_id=u-1"
             ))
             .send()
             .await
@@ -318,6 +339,7 @@ async fn secrets_never_reach_logs_audit_or_database_on_the_service_paths() {
         secrets.push(support::SECRET.to_owned());
         secrets.push(MANAGEMENT_TOKEN.to_owned());
         secrets.push("it-auth-code-4242".to_owned());
+        secrets.push(connect_state.clone());
         assert_clean(&logs, &secrets, "the logs");
 
         let audit = store.token_audit().await.unwrap();

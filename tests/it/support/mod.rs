@@ -105,6 +105,7 @@ pub fn config(sim: &Simulator, db_url: &str) -> Config {
     c.queue.backoff_max = Duration::from_millis(500);
     c.queue.shutdown_grace = Duration::from_secs(5);
     c.http.listen = String::new();
+    c.http.admin_listen = String::new();
     c
 }
 
@@ -140,6 +141,7 @@ shutdown_grace = "{grace}ms"
 
 [http]
 listen = "{listen}"
+admin_listen = "{admin}"
 {extra}
 "#,
         auth = c.smartcar.auth_url,
@@ -159,6 +161,7 @@ listen = "{listen}"
         bmax = c.queue.backoff_max.as_millis(),
         grace = c.queue.shutdown_grace.as_millis(),
         listen = c.http.listen,
+        admin = c.http.admin_listen,
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, text).expect("write config");
