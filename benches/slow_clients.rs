@@ -146,7 +146,7 @@ async fn run(clients: usize, hold: Duration) -> Res<Table> {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let text = std::fs::read_to_string(&path)?
-        .replace("listen = \"\"\n", &format!("listen = \"{addr}\"\n"))
+        .replacen("\nlisten = \"\"\n", &format!("\nlisten = \"{addr}\"\n"), 1)
         .replace(
             "[smartcar]\n",
             &format!(
@@ -166,8 +166,9 @@ async fn run(clients: usize, hold: Duration) -> Res<Table> {
         if http.get(format!("{base}/healthz")).send().await.is_ok() {
             break;
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            return Err("the daemon did not start".into());
+        if started.elapsed() > Duration::from_secs(30) || !daemon.is_running() {
+            let err = std::fs::read_to_string(&daemon.stderr).unwrap_or_default();
+            return Err(format!("the daemon did not start: {err}").into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -285,7 +285,7 @@ async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
     config.require_credentials()?;
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
-    let daemon = Daemon::start(config, &shutdown).await?;
+    let daemon = Daemon::start_as("sync-once", config, &shutdown).await?;
     let report = daemon.sync_once(&shutdown, |_| {}).await?;
     let samples = daemon.store.sample_count().await?;
     let s = &report.stats;
@@ -300,7 +300,10 @@ async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
         samples,
         (report.finished - report.started).num_milliseconds() as f64 / 1000.0
     );
+    // The heartbeat deregisters (the others take this share back) before the pool closes.
     shutdown.cancel();
+    daemon.tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), daemon.tracker.wait()).await;
     daemon.store.close().await;
     Ok(if report.dead == 0 {
         ExitCode::SUCCESS
@@ -421,6 +424,7 @@ async fn status(config: Config) -> anyhow::Result<ExitCode> {
         );
     }
     println!("samples    {}", store.sample_count().await?);
+    print_budget(&config, &store, now).await?;
     println!();
     println!(
         "{:<18} {:>8} {:>8} {:>8} {:>8}",
@@ -480,6 +484,61 @@ async fn status(config: Config) -> anyhow::Result<ExitCode> {
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The shared rate budget: configured, in force now, and who shares it.
+async fn print_budget(
+    config: &Config,
+    store: &crate::store::Store,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
+    use crate::budget::{BURST_HEADROOM, RATE_HEADROOM, STALE_AFTER, adaptive_factor};
+    let daemons = store.live_daemons(now, STALE_AFTER).await?;
+    let throttle = store.last_app_throttle().await?;
+    match config.rate_limit() {
+        Some(rl) => {
+            let factor = adaptive_factor(throttle, now);
+            let rpm = f64::from(rl.requests_per_minute.get());
+            println!(
+                "rate       configured {rpm}/min, burst {}; in force {:.1}/min (headroom {:.0} %, \
+                 adaptive factor {factor:.2}), burst {:.0}, split over {} live process(es)",
+                rl.burst,
+                rpm * RATE_HEADROOM * factor,
+                RATE_HEADROOM * 100.0,
+                f64::from(rl.burst.get()) * BURST_HEADROOM,
+                daemons.len().max(1)
+            );
+        }
+        None => println!("rate       no limit (rate_limit.requests_per_minute = 0)"),
+    }
+    match throttle {
+        Some((at, f)) => println!(
+            "throttle   last 429 SMARTCAR_API at {} ({} ago), sent at {:.2} of the rate",
+            at.format("%Y-%m-%d %H:%M:%S"),
+            ago(now - at),
+            f
+        ),
+        None => println!("throttle   never"),
+    }
+    println!(
+        "processes  {} live: {}",
+        daemons.len(),
+        daemons
+            .iter()
+            .map(|d| format!(
+                "{} {} on {} pid {} ({} calls, 429 app {} vehicle {})",
+                d.daemon_id,
+                d.kind,
+                d.host,
+                d.pid,
+                d.calls,
+                d.throttled_app,
+                d.throttled_vehicle
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    Ok(())
 }
 
 fn ago(d: chrono::Duration) -> String {

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::Identity;
 use crate::config::Config;
 use crate::http::{ConnectSettings, HttpSecrets, HttpState, ServerLimits};
 use crate::jobs::JobContext;
@@ -135,6 +136,8 @@ pub struct Daemon {
     pub http_secrets: Arc<HttpSecrets>,
     /// The HTTP surface's bounds (one body budget for both listeners).
     http_limits: Arc<ServerLimits>,
+    /// This process in the `daemons` table: its leases carry this id.
+    pub identity: Identity,
 }
 
 /// A listener that could not be bound: the key that names it, the address, and why.
@@ -173,8 +176,19 @@ impl Listeners {
 
 impl Daemon {
     /// Opens and migrates the database, starts the token provider, and restores a stored app
-    /// pause so a restart honours it.
+    /// pause so a restart honours it. The process registers as a `run` daemon.
     pub async fn start(config: Config, shutdown: &CancellationToken) -> anyhow::Result<Daemon> {
+        Self::start_as("run", config, shutdown).await
+    }
+
+    /// [`Daemon::start`], registering in the `daemons` table as `kind` (`run`, `sync-once`):
+    /// it heartbeats until `shutdown`, takes its share of the rate budget, and its jobs are
+    /// retaken within seconds if it dies.
+    pub async fn start_as(
+        kind: &'static str,
+        config: Config,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Daemon> {
         let store = open_store(&config).await?;
         store
             .migrate()
@@ -188,15 +202,26 @@ impl Daemon {
         }
         let http_secrets = Arc::new(HttpSecrets::from_config(&config));
         let http_limits = Arc::new(ServerLimits::from_config(&config.http));
+        let identity = Identity::new(kind);
+        let wake = Arc::new(Notify::new());
+        let tracker = TaskTracker::new();
+        tracker.spawn(crate::budget::heartbeat_loop(
+            store.clone(),
+            identity.clone(),
+            client.budget().cloned(),
+            wake.clone(),
+            shutdown.clone(),
+        ));
         Ok(Daemon {
             config,
             store,
             client,
-            wake: Arc::new(Notify::new()),
-            tracker: TaskTracker::new(),
+            wake,
+            tracker,
             client_secret,
             http_secrets,
             http_limits,
+            identity,
         })
     }
 
@@ -209,6 +234,7 @@ impl Daemon {
             queue_settings(&self.config),
             self.wake.clone(),
         )
+        .owned_by(&self.identity.daemon_id)
     }
 
     pub fn schedule(&self) -> anyhow::Result<Schedule> {

@@ -76,6 +76,12 @@ struct Metrics {
     ticks: Family<ScheduleLabels, Counter>,
     stalls: Family<ScheduleLabels, Counter>,
     since_cycle: Gauge<f64, std::sync::atomic::AtomicU64>,
+    rate_configured: Gauge<f64, std::sync::atomic::AtomicU64>,
+    rate_application: Gauge<f64, std::sync::atomic::AtomicU64>,
+    rate_own: Gauge<f64, std::sync::atomic::AtomicU64>,
+    rate_factor: Gauge<f64, std::sync::atomic::AtomicU64>,
+    live_daemons: Gauge,
+    rate_tokens_used: Gauge,
 }
 
 fn metrics() -> &'static Metrics {
@@ -138,7 +144,50 @@ fn metrics() -> &'static Metrics {
             "Age of the oldest last-poll among pollable vehicles (a full cycle completed that long ago)",
             since_cycle.clone(),
         );
+        let gauge_f64 = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let rate_configured = gauge_f64(
+            &mut registry,
+            "rate_configured_per_minute",
+            "The application's rate as configured ([rate_limit] requests_per_minute)",
+        );
+        let rate_application = gauge_f64(
+            &mut registry,
+            "rate_application_per_minute",
+            "The rate all processes together keep to now (headroom and adaptive factor applied)",
+        );
+        let rate_own = gauge_f64(
+            &mut registry,
+            "rate_own_per_minute",
+            "This process's share of the application's rate",
+        );
+        let rate_factor = gauge_f64(
+            &mut registry,
+            "rate_adaptive_factor",
+            "Fraction of the configured rate allowed after the last 429 SMARTCAR_API (1 = none)",
+        );
+        let live_daemons = Gauge::default();
+        registry.register(
+            "live_daemons",
+            "Processes sharing the rate budget on this database",
+            live_daemons.clone(),
+        );
+        let rate_tokens_used = Gauge::default();
+        registry.register(
+            "rate_tokens_used",
+            "Rate tokens (API calls) this process has used since it started",
+            rate_tokens_used.clone(),
+        );
         Metrics {
+            rate_configured,
+            rate_application,
+            rate_own,
+            rate_factor,
+            live_daemons,
+            rate_tokens_used,
             registry,
             api_calls,
             rate_limited,
@@ -247,6 +296,29 @@ pub fn queue_depth(state: &'static str, n: i64) {
 /// Seconds since the last full cycle, sampled when `/metrics` is scraped.
 pub fn since_last_cycle(seconds: f64) {
     metrics().since_cycle.set(seconds);
+}
+
+/// The rate budget after a heartbeat. Logged when the share or the factor changed.
+pub fn budget(b: &crate::budget::BudgetSnapshot) {
+    let m = metrics();
+    let before = (m.live_daemons.get(), m.rate_factor.get());
+    m.rate_configured.set(b.configured_per_minute);
+    m.rate_application.set(b.application_per_minute);
+    m.rate_own.set(b.own_per_minute);
+    m.rate_factor.set(b.factor);
+    m.live_daemons.set(b.live_daemons);
+    m.rate_tokens_used
+        .set(i64::try_from(b.calls).unwrap_or(i64::MAX));
+    if before.0 != b.live_daemons || (before.1 - b.factor).abs() >= 0.05 {
+        tracing::info!(
+            live_daemons = b.live_daemons,
+            factor = format!("{:.2}", b.factor),
+            application_per_minute = format!("{:.1}", b.application_per_minute),
+            own_per_minute = format!("{:.1}", b.own_per_minute),
+            own_burst = b.own_burst,
+            "rate budget"
+        );
+    }
 }
 
 /// A schedule tick was recorded and its jobs enqueued.

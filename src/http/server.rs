@@ -8,8 +8,9 @@
 //! - **Headers** must arrive within `header_timeout`. hyper starts that timer when a connection
 //!   opens and again whenever it goes idle after a response, so it is the keep-alive idle limit
 //!   too.
-//! - **Bodies** must arrive within `body_timeout` (408), and the bytes buffered at once over all
-//!   connections are capped (503 past it): see `body.rs`.
+//! - **Bodies** must arrive within `body_timeout` without stalling (408), and the bytes buffered
+//!   at once over all connections are capped, with a share kept for small bodies (503 past it):
+//!   see `body.rs`.
 //! - **Connections** are capped per listener. Past the cap a new connection is closed at once
 //!   rather than left in the kernel's backlog, where it would hold a descriptor and time out
 //!   anyway. The cap also stays under the process's open-file limit, which start-up raises to
@@ -47,8 +48,10 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Largest body (413 above).
     pub body_limit: usize,
-    /// Body bytes buffered at once, over all connections: one permit a KiB.
+    /// Bytes of large bodies buffered at once, over all connections: one permit a KiB.
     pub(super) body_budget: Arc<Semaphore>,
+    /// The quarter of the budget kept for small bodies (see `body.rs`).
+    pub(super) small_body_budget: Arc<Semaphore>,
 }
 
 impl ServerLimits {
@@ -60,7 +63,13 @@ impl ServerLimits {
             body_timeout: http.body_timeout,
             max_connections,
             body_limit: super::BODY_LIMIT,
-            body_budget: Arc::new(Semaphore::new(http.max_body_bytes_in_flight.div_ceil(1024))),
+            body_budget: Arc::new(Semaphore::new(
+                (http.max_body_bytes_in_flight - http.max_body_bytes_in_flight / 4)
+                    .div_ceil(1024),
+            )),
+            small_body_budget: Arc::new(Semaphore::new(
+                (http.max_body_bytes_in_flight / 4).div_ceil(1024),
+            )),
         }
     }
 }

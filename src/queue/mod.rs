@@ -76,6 +76,13 @@ impl Runner {
         }
     }
 
+    /// Leases taken by this runner carry `owner` as their prefix: the process's id in the
+    /// `daemons` table, so a dead process's jobs can be found and retaken at once.
+    pub fn owned_by(mut self, owner: &str) -> Self {
+        self.owner = owner.to_owned();
+        self
+    }
+
     pub fn stats(&self) -> Arc<RunStats> {
         self.stats.clone()
     }

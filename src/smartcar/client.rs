@@ -1,5 +1,5 @@
-//! The calls the daemon makes (contract §2–§4), each through the same gate: the local app pause,
-//! the process-wide rate limiter, a fresh token, one retry after a 401.
+//! The calls the daemon makes (contract §2–§4), each through the same gate: the shared rate
+//! budget ([`crate::budget`]), the app pause, a fresh token, one retry after a 401.
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
 use super::auth::{TokenProvider, describe_transport};
+use crate::budget::Budget;
 use super::error::{ApiError, ErrorKind};
 use super::model::{Connection, ConnectionsPage, Signal, SignalsPage, VehicleInfo};
 
@@ -33,17 +33,12 @@ pub struct ClientConfig {
     pub vehicle_mode: String,
 }
 
-/// `[rate_limit]`: one limiter for the whole process, token endpoint excluded.
+/// `[rate_limit]`: the application's bucket as Smartcar publishes it, shared by every process
+/// (see [`crate::budget`]); the token endpoint is not metered.
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimit {
     pub requests_per_minute: NonZeroU32,
     pub burst: NonZeroU32,
-}
-
-impl RateLimit {
-    pub fn limiter(self) -> DefaultDirectRateLimiter {
-        RateLimiter::direct(Quota::per_minute(self.requests_per_minute).allow_burst(self.burst))
-    }
 }
 
 /// Per-endpoint call counts by outcome, for `/metrics` and the demo's summary.
@@ -86,7 +81,7 @@ struct Inner {
     timeout: Duration,
     vehicle_mode: String,
     tokens: TokenProvider,
-    limiter: Option<DefaultDirectRateLimiter>,
+    budget: Option<Arc<Budget>>,
     /// Epoch ms until which the whole application is paused (a 429 `SMARTCAR_API`). Checked
     /// after waiting for the limiter, right before sending, so no call leaves early.
     paused_until_ms: AtomicI64,
@@ -133,7 +128,7 @@ impl Client {
                 timeout: config.request_timeout,
                 vehicle_mode: config.vehicle_mode,
                 tokens,
-                limiter: rate_limit.map(RateLimit::limiter),
+                budget: rate_limit.map(Budget::new),
                 paused_until_ms: AtomicI64::new(0),
                 stats: ClientStats::default(),
             }),
@@ -142,6 +137,11 @@ impl Client {
 
     pub fn tokens(&self) -> &TokenProvider {
         &self.inner.tokens
+    }
+
+    /// The shared rate budget this client keeps to (`None`: `requests_per_minute = 0`).
+    pub fn budget(&self) -> Option<&Arc<Budget>> {
+        self.inner.budget.as_ref()
     }
 
     pub fn stats(&self) -> &ClientStats {
@@ -264,8 +264,8 @@ impl Client {
         let inner = &*self.inner;
         let mut reauthenticated = false;
         loop {
-            if let Some(limiter) = &inner.limiter {
-                limiter.until_ready().await;
+            if let Some(budget) = &inner.budget {
+                budget.acquire().await;
             }
             // After the limiter: a pause may have started while this call waited.
             if let Some(until) = self.paused_until() {
@@ -335,6 +335,9 @@ impl Client {
                     match err.action(Utc::now()) {
                         super::Action::PauseApp(until) => {
                             inner.stats.rate_limited_app.fetch_add(1, Ordering::Relaxed);
+                            if let Some(budget) = &inner.budget {
+                                budget.throttled_app(Utc::now());
+                            }
                             // Stop this process's other workers before they send.
                             self.pause_until(until);
                             crate::events::rate_limited("app", until, err.request_id.as_deref());
@@ -344,6 +347,9 @@ impl Client {
                                 .stats
                                 .rate_limited_vehicle
                                 .fetch_add(1, Ordering::Relaxed);
+                            if let Some(budget) = &inner.budget {
+                                budget.throttled_vehicle();
+                            }
                             crate::events::rate_limited(
                                 "vehicle",
                                 until,

@@ -41,6 +41,7 @@ pub(crate) enum Pool {
 pub(crate) enum Arg<'a> {
     Text(Option<&'a str>),
     Int(Option<i64>),
+    Float(Option<f64>),
     Time(Option<DateTime<Utc>>),
     /// A list of strings: JSON text on SQLite (`json_each`), `text[]` on PostgreSQL (`UNNEST`).
     List(&'a [String]),
@@ -64,6 +65,11 @@ impl From<i64> for Arg<'_> {
 impl From<Option<i64>> for Arg<'_> {
     fn from(v: Option<i64>) -> Self {
         Arg::Int(v)
+    }
+}
+impl From<f64> for Arg<'_> {
+    fn from(v: f64) -> Self {
+        Arg::Float(Some(v))
     }
 }
 impl From<DateTime<Utc>> for Arg<'_> {
@@ -101,6 +107,7 @@ fn sqlite_query<'q>(
         q = match *a {
             Arg::Text(v) => q.bind(v),
             Arg::Int(v) => q.bind(v),
+            Arg::Float(v) => q.bind(v),
             Arg::Time(v) => q.bind(v.map(time::to_text)),
             Arg::List(v) => q.bind(json_list(v)?),
         };
@@ -114,6 +121,7 @@ fn pg_query<'q>(sql: &'q str, args: &'q [Arg<'q>]) -> Query<'q, Postgres, PgArgu
         q = match *a {
             Arg::Text(v) => q.bind(v),
             Arg::Int(v) => q.bind(v),
+            Arg::Float(v) => q.bind(v),
             Arg::Time(v) => q.bind(v),
             Arg::List(v) => q.bind(v),
         };

@@ -31,6 +31,11 @@ const SQLITE: Embedded = &[
         "connect_states",
         include_str!("../../migrations/sqlite/0003_connect_states.sql"),
     ),
+    (
+        4,
+        "rate_budget",
+        include_str!("../../migrations/sqlite/0004_rate_budget.sql"),
+    ),
 ];
 
 const POSTGRES: Embedded = &[
@@ -48,6 +53,11 @@ const POSTGRES: Embedded = &[
         3,
         "connect_states",
         include_str!("../../migrations/postgres/0003_connect_states.sql"),
+    ),
+    (
+        4,
+        "rate_budget",
+        include_str!("../../migrations/postgres/0004_rate_budget.sql"),
     ),
 ];
 

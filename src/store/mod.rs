@@ -60,6 +60,7 @@ macro_rules! reconnect_set {
 }
 
 mod audit;
+mod budget;
 mod connect;
 mod db;
 mod fleet;
@@ -71,6 +72,7 @@ pub mod time;
 mod webhooks;
 
 pub use audit::TokenAuditRow;
+pub use budget::{BudgetView, DaemonBeat, DaemonRow};
 pub use connect::{ConnectRedemption, StateProof};
 pub use webhooks::{VehicleErrorUpdate, WebhookDelivery, WebhookOutcome};
 
