@@ -85,7 +85,8 @@ async fn read_inner(body: Body, limits: &ServerLimits) -> Result<Bytes, Rejected
         &limits.body_budget
     };
     let deadline = tokio::time::Instant::now() + limits.body_timeout;
-    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(limits.body_limit));
+    // Reserved only up to a small body: a declared length is a claim, not bytes received.
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(SMALL as usize));
     // Permits held for what is buffered; released when this returns (the handler then owns a
     // body of at most `body_limit` bytes, briefly).
     let mut held = Vec::new();

@@ -111,8 +111,9 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        // Headers beyond this are refused (431); Smartcar's are a few hundred bytes.
-        .max_buf_size(64 * 1024);
+        // A connection's read buffer, and so the largest header block (431 past it): Smartcar's
+        // headers are a few hundred bytes. Small, because every held connection has one.
+        .max_buf_size(16 * 1024);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let refused = AtomicU64::new(0);
