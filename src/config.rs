@@ -116,6 +116,10 @@ pub struct QueueConfig {
     /// Done jobs are deleted after this long (dead ones are kept for `status`).
     #[serde(with = "duration_str")]
     pub keep_done: Duration,
+    /// The longest wait a `Retry-After` header (or a throttled vehicle's growing backoff) can
+    /// impose; a larger or far-future value is capped to it.
+    #[serde(with = "duration_str")]
+    pub max_retry_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,6 +210,7 @@ impl Default for QueueConfig {
             backoff_min: Duration::from_secs(2),
             backoff_max: Duration::from_secs(600),
             keep_done: Duration::from_secs(7 * 86_400),
+            max_retry_after: Duration::from_secs(3600),
         }
     }
 }
@@ -383,6 +388,9 @@ impl Config {
                 "queue.backoff_max",
                 "backoff_min must be > 0 and backoff_max >= backoff_min",
             ));
+        }
+        if q.max_retry_after < Duration::from_secs(1) {
+            return Err(invalid("queue.max_retry_after", "must be at least 1s"));
         }
         if !self.http.listen.is_empty() && SocketAddr::from_str(&self.http.listen).is_err() {
             return Err(invalid(

@@ -10,6 +10,7 @@ use super::config::{
     Bucket, ErrorBodyVariant, Faults, PagingVariant, SimConfig, TimestampFormat, UserIdLocation,
     Variants,
 };
+use crate::cli::out;
 
 /// Options of `smartcar-sync simulate`.
 #[derive(Clone, Debug, clap::Args)]
@@ -119,25 +120,26 @@ impl SimArgs {
 /// Runs the simulator until Ctrl-C, then prints the counters.
 pub async fn run_cli(args: SimArgs) -> anyhow::Result<()> {
     let config = args.to_config();
+    // A closed stdout must not stop a running server: output errors are ignored.
     let sim = Simulator::start(config, args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!("Smartcar simulator listening on {}", sim.addr());
-    println!("  auth URL:      {}", sim.auth_url());
-    println!("  API URL:       {}", sim.api_url());
-    println!("  client id:     {}", args.client_id);
-    println!("  client secret: {}", args.client_secrets.join(", "));
+    let _ = out!("Smartcar simulator listening on {}", sim.addr());
+    let _ = out!("  auth URL:      {}", sim.auth_url());
+    let _ = out!("  API URL:       {}", sim.api_url());
+    let _ = out!("  client id:     {}", args.client_id);
+    let _ = out!("  client secret: {}", args.client_secrets.join(", "));
     let users = sim.user_ids();
-    println!("  users:         {}", users.len());
+    let _ = out!("  users:         {}", users.len());
     for u in users.iter().take(5) {
-        println!("    {u}  ({} vehicles)", sim.vehicles_of(u).len());
+        let _ = out!("    {u}  ({} vehicles)", sim.vehicles_of(u).len());
     }
-    println!("Ctrl-C to stop.");
+    let _ = out!("Ctrl-C to stop.");
     tokio::signal::ctrl_c()
         .await
         .context("cannot listen for Ctrl-C")?;
     let counters = serde_json::to_string_pretty(&sim.counters())?;
-    println!("{counters}");
+    let _ = out!("{counters}");
     sim.shutdown().await;
     Ok(())
 }

@@ -26,6 +26,11 @@ const SQLITE: Embedded = &[
         "dashboards",
         include_str!("../../migrations/sqlite/0002_dashboards.sql"),
     ),
+    (
+        3,
+        "throttle streak",
+        include_str!("../../migrations/sqlite/0003_throttle_streak.sql"),
+    ),
 ];
 
 const POSTGRES: Embedded = &[
@@ -38,6 +43,11 @@ const POSTGRES: Embedded = &[
         2,
         "dashboards",
         include_str!("../../migrations/postgres/0002_dashboards.sql"),
+    ),
+    (
+        3,
+        "throttle streak",
+        include_str!("../../migrations/postgres/0003_throttle_streak.sql"),
     ),
 ];
 

@@ -70,6 +70,7 @@ pub mod time;
 mod webhooks;
 
 pub use audit::TokenAuditRow;
+pub use queue::OpenJob;
 pub use webhooks::{VehicleErrorUpdate, WebhookDelivery, WebhookOutcome};
 
 use std::fmt;
