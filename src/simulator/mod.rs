@@ -45,8 +45,8 @@ use tokio::task::JoinHandle;
 
 pub use cli::{SimArgs, run_cli};
 pub use config::{
-    Bucket, ErrorBodyVariant, Faults, ForcedError, PagingVariant, SimConfig, TimestampFormat,
-    UserIdLocation, Variants, VehicleMode,
+    Bucket, ErrorBodyVariant, Faults, ForcedError, LinkStyle, PagingVariant, RetryAfterForm,
+    SimConfig, TimestampFormat, UserIdLocation, Variants, VehicleMode,
 };
 pub use counters::CounterSnapshot;
 pub use served::ServedReading;
@@ -195,6 +195,12 @@ impl Simulator {
         if let Some(i) = fleet.vehicle_by_id(vehicle_id) {
             fleet.vehicles[i as usize].no_signals = empty;
         }
+    }
+
+    /// The next `n` continuation pages of `/signals` (`page[number]` > 1) answer 404
+    /// RESOURCE_NOT_FOUND, as an expired cursor would; later ones answer normally.
+    pub fn fail_next_signal_pages(&self, n: u64) {
+        self.inner.fail_continuation_pages(n);
     }
 
     pub fn set_faults(&self, faults: Faults) {
