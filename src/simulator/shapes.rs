@@ -125,7 +125,9 @@ fn bad_time(vehicle_index: u32) -> Value {
     }
 }
 
-/// The smallest nudge that makes `x` need all 17 significant digits (within 0.001 of it).
+/// `x` nudged (by 0.01 to 0.1) to a double whose shortest decimal form is as long as its
+/// magnitude allows: 17 significant digits wherever a double can need them (most values from
+/// 100 up, such as an odometer; below that 16 always suffice).
 fn seventeen_digits(x: f64, salt: u64) -> f64 {
     let digits = |y: f64| {
         let e = format!("{y:e}");
@@ -136,14 +138,20 @@ fn seventeen_digits(x: f64, salt: u64) -> f64 {
             .filter(char::is_ascii_digit)
             .count()
     };
-    let mut y = x + (salt % 999_983) as f64 * 1e-9;
+    // A random 53-bit fraction: a mantissa with no short decimal form, so a few ulp steps at
+    // most reach one that needs 17 digits.
+    let mut y = x + 0.01 + ((salt >> 11) as f64 / (1u64 << 53) as f64) * 0.09;
+    let mut best = y;
     for _ in 0..64 {
         if digits(y) >= 17 {
             return y;
         }
+        if digits(y) > digits(best) {
+            best = y;
+        }
         y = f64::from_bits(y.to_bits() + 1);
     }
-    y
+    best
 }
 
 /// Applies the reading-level payload variants to one reading (before it is served or recorded,
@@ -156,6 +164,13 @@ pub(crate) fn vary(variants: &Variants, r: &mut Reading, vehicle_index: u32) {
             && body.get("value").is_some_and(|v| !v.is_boolean())
         {
             let salt = ids::h(*oem_ms as u64, vehicle_index as u64, r.def as u64);
+            // A car's odometer reads tens of thousands of km (as in the reading that was
+            // stored one ulp off: 115071.50046584333); the fleet's young cars get an offset.
+            let x = if code == "odometer-traveleddistance" {
+                x + 100_000.0
+            } else {
+                x
+            };
             body["value"] = json!(seventeen_digits(x, salt));
         }
         if variants.legacy_soc_body

@@ -782,6 +782,30 @@ impl Store {
             .map(Option::unwrap_or_default)
     }
 
+    /// Every signal's latest status, by vehicle and code (for `status` views and tests).
+    pub async fn list_signal_statuses(&self) -> Result<Vec<SignalState>, StoreError> {
+        let rows = self
+            .pool
+            .all(
+                "SELECT vehicle_id, code, status, error_type, error_code, observed_at \
+                 FROM signal_status ORDER BY vehicle_id, code",
+                args![],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SignalState {
+                    vehicle_id: r.text("vehicle_id")?,
+                    code: r.text("code")?,
+                    status: r.text("status")?,
+                    error_type: r.opt_text("error_type")?,
+                    error_code: r.opt_text("error_code")?,
+                    observed_at: r.time("observed_at")?,
+                })
+            })
+            .collect()
+    }
+
     /// Open (pending or running) jobs, soonest first, at most `limit`.
     pub async fn open_job_list(&self, limit: i64) -> Result<Vec<OpenJob>, StoreError> {
         let rows = self
