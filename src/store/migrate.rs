@@ -31,6 +31,11 @@ const SQLITE: Embedded = &[
         "throttle streak",
         include_str!("../../migrations/sqlite/0003_throttle_streak.sql"),
     ),
+    (
+        4,
+        "dashboard units",
+        include_str!("../../migrations/sqlite/0004_dashboard_units.sql"),
+    ),
 ];
 
 const POSTGRES: Embedded = &[
@@ -48,6 +53,11 @@ const POSTGRES: Embedded = &[
         3,
         "throttle streak",
         include_str!("../../migrations/postgres/0003_throttle_streak.sql"),
+    ),
+    (
+        4,
+        "dashboard units",
+        include_str!("../../migrations/postgres/0004_dashboard_units.sql"),
     ),
 ];
 

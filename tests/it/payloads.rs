@@ -662,3 +662,183 @@ async fn every_printing_command_exits_quietly_on_a_closed_pipe() {
     sim.shutdown().await;
     db.cleanup().await;
 }
+
+/// Rows of `sql` (every column selected as text) on the test database.
+async fn text_rows(db: &TestDb, sql: &str) -> Vec<Vec<Option<String>>> {
+    use sqlx::Row;
+    if db.backend == "sqlite" {
+        let pool = sqlx::sqlite::SqlitePool::connect(&db.url).await.unwrap();
+        let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap();
+        let out = rows
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.get::<Option<String>, _>(i))
+                    .collect()
+            })
+            .collect();
+        pool.close().await;
+        out
+    } else {
+        let pool = sqlx::postgres::PgPool::connect(&db.url).await.unwrap();
+        let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap();
+        let out = rows
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.get::<Option<String>, _>(i))
+                    .collect()
+            })
+            .collect();
+        pool.close().await;
+        out
+    }
+}
+
+#[tokio::test]
+async fn units_are_stored_as_sent_and_normalised_in_the_dashboard_views() {
+    use smartcar_sync::store::{NewSample, SignalState};
+    for db in support::databases().await {
+        let store = db.store().await;
+        let t0 = chrono::Utc::now() - chrono::Duration::hours(2);
+        let sample =
+            |code: &str, minutes: i64, unit: Option<&str>, value: f64, body: &str| NewSample {
+                vehicle_id: "v-units".to_owned(),
+                code: code.to_owned(),
+                recorded_at: t0 + chrono::Duration::minutes(minutes),
+                value_num: Some(value),
+                unit: unit.map(str::to_owned),
+                body: body.to_owned(),
+                source: SampleSource::Poll,
+            };
+        let samples = vec![
+            sample(
+                "odometer-traveleddistance",
+                0,
+                Some("mi"),
+                10.0,
+                r#"{"unit":"mi","value":10}"#,
+            ),
+            sample(
+                "odometer-traveleddistance",
+                1,
+                Some("mi"),
+                20.0,
+                r#"{"unit":"mi","value":20}"#,
+            ),
+            sample(
+                "tractionbattery-range",
+                0,
+                Some("km"),
+                300.0,
+                r#"{"unit":"km","value":300}"#,
+            ),
+            sample(
+                "tractionbattery-stateofcharge",
+                0,
+                None,
+                75.0,
+                r#"{"percentage":75}"#,
+            ),
+            sample(
+                "internalcombustionengine-fuellevel",
+                0,
+                Some("percentage"),
+                40.0,
+                r#"{"unit":"percentage","value":40}"#,
+            ),
+            sample(
+                "tractionbattery-nominalcapacity",
+                0,
+                Some("kWhr"),
+                82.5,
+                r#"{"unit":"kWhr","value":82.5}"#,
+            ),
+        ];
+        let statuses: Vec<SignalState> = samples
+            .iter()
+            .map(|s| SignalState {
+                vehicle_id: s.vehicle_id.clone(),
+                code: s.code.clone(),
+                status: "SUCCESS".to_owned(),
+                error_type: None,
+                error_code: None,
+                observed_at: t0,
+            })
+            .collect();
+        store.ingest_samples(&samples, &statuses).await.unwrap();
+        let b = db.backend;
+        // As sent in the table.
+        let stored: HashMap<String, Option<String>> = store
+            .list_samples()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.code, s.unit))
+            .collect();
+        assert_eq!(
+            stored["tractionbattery-range"].as_deref(),
+            Some("km"),
+            "{b}"
+        );
+        assert_eq!(stored["tractionbattery-stateofcharge"], None, "{b}");
+        // One spelling in the views.
+        let latest: HashMap<String, (Option<String>, Option<String>)> = text_rows(
+            &db,
+            "SELECT code, unit, unit_sent FROM dash_latest_reading ORDER BY code",
+        )
+        .await
+        .into_iter()
+        .map(|r| (r[0].clone().unwrap(), (r[1].clone(), r[2].clone())))
+        .collect();
+        let unit = |code: &str| latest[code].0.clone();
+        assert_eq!(
+            unit("odometer-traveleddistance").as_deref(),
+            Some("miles"),
+            "{b}"
+        );
+        assert_eq!(
+            unit("tractionbattery-range").as_deref(),
+            Some("kilometers"),
+            "{b}"
+        );
+        assert_eq!(
+            unit("tractionbattery-stateofcharge").as_deref(),
+            Some("percent"),
+            "{b}"
+        );
+        assert_eq!(
+            unit("internalcombustionengine-fuellevel").as_deref(),
+            Some("percent"),
+            "{b}"
+        );
+        assert_eq!(
+            unit("tractionbattery-nominalcapacity").as_deref(),
+            Some("kWh"),
+            "{b}"
+        );
+        assert_eq!(
+            latest["tractionbattery-range"].1.as_deref(),
+            Some("km"),
+            "{b}"
+        );
+        // Miles in any spelling are converted to km.
+        let distance = text_rows(
+            &db,
+            "SELECT CAST(distance_km AS TEXT) FROM dash_distance_daily WHERE vehicle_id = 'v-units'",
+        )
+        .await;
+        let km: f64 = distance[0][0].as_deref().unwrap().parse().unwrap();
+        assert!((km - 16.09344).abs() < 1e-9, "{b}: {km}");
+        let range = text_rows(
+            &db,
+            "SELECT CAST(range_km AS TEXT) FROM dash_soc_range \
+             WHERE vehicle_id = 'v-units' AND range_km IS NOT NULL",
+        )
+        .await;
+        let km: f64 = range[0][0].as_deref().unwrap().parse().unwrap();
+        assert!((km - 300.0).abs() < 1e-9, "{b}: {km}");
+        store.close().await;
+        db.cleanup().await;
+    }
+}
