@@ -1,4 +1,4 @@
-//! A faithful fake of the Smartcar v3 API contract (`/work/shared/smartcar-api.md`), for tests,
+//! A faithful fake of the Smartcar v3 API as `docs/smartcar-v3.md` describes it, for tests,
 //! the demo and benchmarks. It can produce every shape and error the contract lists, so a client
 //! proven against it has met each variant at least once.
 //!
@@ -20,6 +20,10 @@
 //! - The per-vehicle throttle covers every vehicle-scoped call (`/vehicles/{id}…`); forced
 //!   vehicle errors cover the signals endpoints only.
 //! - `SC-Unit-System: imperial` switches distances to miles.
+//! - Payload variants (exact-to-the-bit values, camelCase codes, unit spellings, legacy bodies,
+//!   odd `meta`s, error body shapes, `Retry-After` forms, link styles) are each behind a
+//!   [`Variants`] field, so a daemon test meets each one end to end; `docs/smartcar-v3.md` maps
+//!   every variant to its switch.
 
 mod cli;
 mod config;
