@@ -389,8 +389,13 @@ impl Config {
                 "backoff_min must be > 0 and backoff_max >= backoff_min",
             ));
         }
-        if q.max_retry_after < Duration::from_secs(1) {
-            return Err(invalid("queue.max_retry_after", "must be at least 1s"));
+        if q.max_retry_after < Duration::from_secs(1)
+            || q.max_retry_after > Duration::from_secs(30 * 86_400)
+        {
+            return Err(invalid(
+                "queue.max_retry_after",
+                "must be between 1s and 30d",
+            ));
         }
         if !self.http.listen.is_empty() && SocketAddr::from_str(&self.http.listen).is_err() {
             return Err(invalid(

@@ -244,10 +244,18 @@ impl Daemon {
         progress: impl Fn(&str),
     ) -> anyhow::Result<CycleReport> {
         let started = Utc::now();
+        // Any duration is accepted; one beyond the clocks' range means "no deadline in practice".
         let deadline = deadline.map(|d| {
+            let far = Duration::from_secs(100 * 365 * 86_400);
+            let now = tokio::time::Instant::now();
             (
-                tokio::time::Instant::now() + d,
-                started + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
+                now.checked_add(d)
+                    .or_else(|| now.checked_add(far))
+                    .unwrap_or(now),
+                chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|d| started.checked_add_signed(d))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
             )
         });
         let stop_workers = CancellationToken::new();

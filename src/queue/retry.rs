@@ -47,6 +47,8 @@ impl RetryPolicy {
 /// streak, capped at `max`, and never shorter than `Retry-After` itself. A vehicle that answers
 /// 429 with `Retry-After: 2` on every call is thus called after 2, 4, 8, 16 … s, not every 2 s.
 pub fn throttle_wait(retry_after: Duration, streak: i64, max: Duration) -> Duration {
+    // A year at most, whatever the configuration says: the wait is added to a date.
+    let max = max.min(Duration::from_secs(366 * 86_400));
     let base = retry_after.max(Duration::from_secs(1));
     let doublings = u32::try_from((streak - 1).clamp(0, 30)).unwrap_or(30);
     base.saturating_mul(1u32 << doublings)

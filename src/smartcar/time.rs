@@ -63,6 +63,9 @@ pub fn plausible_reading_time(t: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     t >= earliest_plausible() && t <= now + MAX_FUTURE_SKEW
 }
 
+/// The hard ceiling on any `Retry-After` cap.
+const MAX_CAP: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
+
 /// `Retry-After` numbers at or above this are an absolute epoch time (seconds from 2001-09-09,
 /// milliseconds from [`MILLIS_THRESHOLD`]); below it they are a delay in seconds.
 const RETRY_AFTER_EPOCH_SECONDS: f64 = 1e9;
@@ -110,7 +113,8 @@ pub fn parse_retry_after(
     cap: std::time::Duration,
 ) -> Option<DateTime<Utc>> {
     let value = value.trim();
-    let cap = chrono::Duration::from_std(cap).unwrap_or(chrono::Duration::days(31));
+    // No wait beyond a year, whatever the configuration says (and no overflow near it).
+    let cap = chrono::Duration::from_std(cap.min(MAX_CAP)).unwrap_or(chrono::Duration::days(31));
     let at = if let Ok(n) = value.parse::<f64>() {
         if !n.is_finite() || n < 0.0 {
             odd(RetryAfterOddity::Unreadable, value);
