@@ -266,9 +266,10 @@ async fn sync_once(config: Config, deadline: Duration) -> anyhow::Result<ExitCod
     )?;
     if report.out_of_time {
         out!(
-            "sync-once: deadline ({}) reached with {} jobs still open; they run at the next cycle:",
-            humanize(deadline),
-            report.open_jobs
+            "sync-once: {} jobs still open at the {} deadline (or waiting beyond it); they stay \
+             queued for the next run:",
+            report.open_jobs,
+            humanize(deadline)
         )?;
         for j in &report.deferred {
             let subject = match j.kind.as_str() {
