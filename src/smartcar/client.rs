@@ -227,7 +227,7 @@ impl Client {
     /// page fails, so the caller can store them (nothing read is lost).
     ///
     /// A continuation page is followed only within the vehicle's own signals path: same origin,
-    /// same path as the first page (the query may differ). A root-relative link (`/vehicles/…`)
+    /// and the first page's path or a path below it (the query may differ). A root-relative link (`/vehicles/…`)
     /// is resolved against the API base, as the contract's links are. Anything else would send
     /// our token elsewhere and is refused. A failure on a continuation page is marked
     /// [`ApiError::continuation`]: a transient failure of this poll, never the vehicle's status.
@@ -309,9 +309,9 @@ impl Client {
     }
 
     /// Resolves a `links.next`: absolute, `/v3/…`, or root-relative to the v3 base as in the
-    /// contract's examples; `None` unless it stays on `first`'s origin and path (the same list
-    /// of the same vehicle; only the query may change). Any other link would carry our token
-    /// away, or page through something else.
+    /// contract's examples; `None` unless it stays on `first`'s origin and under its path (the
+    /// same list of the same vehicle). Any other link would carry our token away, or page
+    /// through something else.
     fn resolve_link(&self, link: &str, first: &Url) -> Option<Url> {
         let base = &self.inner.api_url;
         let link = link.trim();
@@ -326,8 +326,15 @@ impl Client {
             // would resolve it.
             first.join(link).ok()?
         };
-        let same_path = url.path().trim_end_matches('/') == first.path().trim_end_matches('/');
-        (url.origin() == first.origin() && same_path && url.fragment().is_none()).then_some(url)
+        // The signals path itself, or below it at a segment boundary (`…/signals/2`), never a
+        // sibling such as `…/signals-other` or another vehicle.
+        let prefix = first.path().trim_end_matches('/');
+        let path = url.path().trim_end_matches('/');
+        let within = path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'));
+        (url.origin() == first.origin() && within && url.fragment().is_none()).then_some(url)
     }
 
     /// GET with the full gate; returns the JSON body and the request id.
@@ -553,5 +560,60 @@ impl ConnectionsPager {
     /// Pages fetched so far.
     pub fn pages_fetched(&self) -> i64 {
         self.page - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smartcar::{SecretSource, TokenConfig};
+
+    #[tokio::test]
+    async fn links_resolve_only_within_the_vehicles_signals() {
+        let http = http_client(Duration::from_secs(1)).unwrap();
+        let secret = SecretSource::value(secrecy::SecretString::from("s".to_owned()));
+        let cfg = TokenConfig::new("http://127.0.0.1:9/token".into(), "id".into(), secret);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tokens = TokenProvider::start(cfg, http.clone(), stop.clone());
+        let client = Client::new(
+            ClientConfig {
+                api_url: "https://api.example/v3".into(),
+                request_timeout: Duration::from_secs(1),
+                vehicle_mode: "live".into(),
+                max_retry_after: Duration::from_secs(3600),
+            },
+            http,
+            tokens,
+            None,
+        )
+        .unwrap();
+        let first = client.url("signals", "vehicles/v1/signals").unwrap();
+        let want = "https://api.example/v3/vehicles/v1/signals?page[number]=2";
+        for link in [
+            "/vehicles/v1/signals?page[number]=2",
+            "/v3/vehicles/v1/signals?page[number]=2",
+            "https://api.example/v3/vehicles/v1/signals?page[number]=2",
+            "signals?page[number]=2",
+        ] {
+            let got = client.resolve_link(link, &first).map(|u| u.to_string());
+            assert_eq!(got.as_deref(), Some(want), "{link}");
+        }
+        assert!(
+            client
+                .resolve_link("/vehicles/v1/signals/2", &first)
+                .is_some()
+        );
+        for link in [
+            "https://evil.example/v3/vehicles/v1/signals?page[number]=2",
+            "http://api.example/v3/vehicles/v1/signals?page[number]=2",
+            "/vehicles/v2/signals?page[number]=2",
+            "/vehicles/v1/signals-all?page[number]=2",
+            "/vehicles/v1?page[number]=2",
+            "/connections?page[number]=2",
+            "/vehicles/v1/signals/../../v2/signals",
+        ] {
+            assert_eq!(client.resolve_link(link, &first), None, "{link}");
+        }
+        stop.cancel();
     }
 }
