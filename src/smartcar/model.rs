@@ -763,4 +763,22 @@ mod tests {
         .unwrap();
         assert!(s.unreadable_time.is_some());
     }
+
+    #[test]
+    fn json_numbers_parse_to_the_exact_double_they_denote() {
+        // The reading that was stored one ulp off before `float_roundtrip`.
+        let v: Value = serde_json::from_str("115071.50046584333").unwrap();
+        assert_eq!(
+            v.as_f64().map(f64::to_bits),
+            Some(115071.50046584333_f64.to_bits())
+        );
+        // And a sweep of doubles written in their shortest form: each reads back bit for bit.
+        let mut rng = fastrand::Rng::with_seed(12);
+        for _ in 0..20_000 {
+            let x = f64::from_bits(rng.u64(0x3f00_0000_0000_0000..0x4200_0000_0000_0000));
+            let text = x.to_string();
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v.as_f64().map(f64::to_bits), Some(x.to_bits()), "{text}");
+        }
+    }
 }
