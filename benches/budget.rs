@@ -116,7 +116,12 @@ fn config(db: &BenchDb, dir: &std::path::Path, sim: &Simulator) -> Res<std::path
 /// Cycle seconds `sync-once` reports at the end of its summary line (`…; 23.4s`).
 fn cycle_seconds(stdout: &str) -> Option<f64> {
     let line = stdout.lines().find(|l| l.starts_with("sync-once:"))?;
-    line.rsplit(';').next()?.trim().trim_end_matches('s').parse().ok()
+    line.rsplit(';')
+        .next()?
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .ok()
 }
 
 struct Outcome {
@@ -170,7 +175,10 @@ async fn exact(backend: &'static str, n: usize) -> Res<Table> {
     let mut t = Table::new(format!(
         "bucket = configuration (10, 80/s): {n} process(es) on {backend}"
     ));
-    t.info("API calls (admitted + 429)", format!("{admitted} + {throttled}"));
+    t.info(
+        "API calls (admitted + 429)",
+        format!("{admitted} + {throttled}"),
+    );
     t.info("cycle", format!("{:.1} s", o.cycle_s));
     t.check(
         "efficiency (admitted ÷ bucket over the cycle)",

@@ -327,7 +327,11 @@ pub async fn heartbeat_loop(
 
 fn apply(budget: &Budget, view: &BudgetView, now: DateTime<Utc>) {
     // A local throttle newer than the stored one wins until it is stored.
-    let local = budget.shape.lock().unwrap_or_else(|e| e.into_inner()).throttled;
+    let local = budget
+        .shape
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .throttled;
     let throttled = match (view.throttled, local) {
         (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
         (a, b) => a.or(b),

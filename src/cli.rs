@@ -1,6 +1,11 @@
 //! The command line: `smartcar-sync [--config PATH] <command>`. Each command's output is meant
 //! for a person at a terminal. Exit statuses follow sysexits.h ([`exit`]), so systemd and
-//! operators can tell "fix the configuration" from "the database is down, retry".
+//! operators can tell "fix the configuration" from "the database is down, retry"; 75 is a
+//! `sync-once` that reached its deadline with jobs still deferred.
+//!
+//! Output goes through [`out!`], never `println!`: `println!` panics when stdout is a closed pipe
+//! (`smartcar-sync vehicles list | head -1`), whereas `out!` returns the `BrokenPipe` error and
+//! [`run`] turns it into a quiet exit 0, as any Unix filter behaves.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +89,31 @@ fn sqlx_exit_status(e: &sqlx::Error) -> u8 {
     }
 }
 
+/// `EX_TEMPFAIL` from sysexits.h: `sync-once` reached its deadline with jobs deferred (a
+/// throttled vehicle, an app pause, a backoff); running it again later continues them.
+pub const EXIT_DEFERRED: u8 = 75;
+
+/// `sync-once --deadline` when not given: a cycle that cannot finish in this long is waiting
+/// on throttles or backoffs, and the next scheduled run picks it up.
+pub const DEFAULT_SYNC_DEADLINE: &str = "30m";
+
+/// `writeln!` to stdout, returning the `io::Result` (see the module docs): `out!(…)?`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+pub(crate) use out;
+
+/// Whether `e` is (caused by) writing to a closed pipe.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "smartcar-sync",
@@ -102,8 +132,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: schedule, workers, HTTP surface; SIGTERM stops it cleanly.
     Run,
-    /// One full cycle (discovery, connections, signals) and exit: 0 if every job succeeded.
-    SyncOnce,
+    /// One full cycle (discovery, connections, signals) and exit: 0 if every job succeeded,
+    /// 1 if any ended dead, 75 if the deadline came with jobs still deferred.
+    SyncOnce {
+        /// Stop claiming after this long (e.g. 90s, 10m), report the jobs still deferred and
+        /// exit 75. Also ends the cycle early once every open job waits beyond it.
+        #[arg(long, default_value = DEFAULT_SYNC_DEADLINE, value_parser = crate::config::parse_duration)]
+        deadline: Duration,
+    },
     /// Manage known users.
     #[command(subcommand)]
     Users(UsersCommand),
@@ -173,7 +209,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
     let result = match cli.command {
         Command::Run => run_daemon(config, path, must_exist).await,
-        Command::SyncOnce => sync_once(config).await,
+        Command::SyncOnce { deadline } => sync_once(config, deadline).await,
         Command::Users(cmd) => users(config, cmd).await,
         Command::Vehicles(VehiclesCommand::List) => vehicles(config).await,
         Command::Status => status(config).await,
@@ -184,6 +220,8 @@ pub async fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`| head`): nothing more to say to anyone.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(ce) = e.downcast_ref::<ConfigError>() {
                 return config_error(ce);
@@ -198,6 +236,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 fn report(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -281,16 +320,23 @@ fn reload_on_sighup(
     let _ = (path, must_exist, reloader, shutdown);
 }
 
-async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
+async fn sync_once(config: Config, deadline: Duration) -> anyhow::Result<ExitCode> {
     config.require_credentials()?;
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
     let daemon = Daemon::start_as("sync-once", config, &shutdown).await?;
-    let report = daemon.sync_once(&shutdown, |_| {}).await?;
+    let report = daemon
+        .sync_once_until(&shutdown, Some(deadline), |_| {})
+        .await?;
     let samples = daemon.store.sample_count().await?;
+    // The heartbeat deregisters (the others take this share back) before the pool closes.
+    shutdown.cancel();
+    daemon.tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), daemon.tracker.wait()).await;
+    daemon.store.close().await;
     let s = &report.stats;
     let ord = std::sync::atomic::Ordering::Relaxed;
-    println!(
+    out!(
         "sync-once: {} jobs done, {} retries, {} deferred, {} vehicles flagged, {} dead; {} samples stored in total; {:.1}s",
         s.done.load(ord),
         s.retried.load(ord),
@@ -299,17 +345,52 @@ async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
         report.dead,
         samples,
         (report.finished - report.started).num_milliseconds() as f64 / 1000.0
-    );
-    // The heartbeat deregisters (the others take this share back) before the pool closes.
-    shutdown.cancel();
-    daemon.tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), daemon.tracker.wait()).await;
-    daemon.store.close().await;
-    Ok(if report.dead == 0 {
-        ExitCode::SUCCESS
-    } else {
+    )?;
+    if report.out_of_time {
+        out!(
+            "sync-once: {} jobs still open at the {} deadline (or waiting beyond it); they stay \
+             queued for the next run:",
+            report.open_jobs,
+            humanize(deadline)
+        )?;
+        for j in &report.deferred {
+            let subject = match j.kind.as_str() {
+                "poll_signals" => format!("vehicle {}", j.subject),
+                "sync_connections" => format!("user {}", j.subject),
+                _ => j.kind.clone(),
+            };
+            out!(
+                "  {:<16} {subject} until {}: {}",
+                j.kind,
+                j.run_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                j.reason.as_deref().unwrap_or(j.state.as_str())
+            )?;
+        }
+        if report.open_jobs > report.deferred.len() as i64 {
+            out!(
+                "  … and {} more (status)",
+                report.open_jobs - report.deferred.len() as i64
+            )?;
+        }
+    }
+    Ok(if report.dead > 0 {
         ExitCode::FAILURE
+    } else if report.out_of_time && report.open_jobs > 0 {
+        ExitCode::from(EXIT_DEFERRED)
+    } else {
+        ExitCode::SUCCESS
     })
+}
+
+/// `90s`, `30m`, `2h` for a message.
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        _ if s % 3600 == 0 => format!("{}h", s / 3600),
+        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
 }
 
 async fn migrated_store(config: &Config) -> anyhow::Result<crate::store::Store> {
@@ -335,30 +416,30 @@ async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
                 store
                     .enqueue(JobKind::SyncConnections, id, Utc::now())
                     .await?;
-                println!("{id}: {}", if new { "added" } else { "already known" });
+                out!("{id}: {}", if new { "added" } else { "already known" })?;
             }
         }
         UsersCommand::Remove { id } => {
             if store.remove_user(&id).await? {
-                println!("{id}: removed (its samples are kept)");
+                out!("{id}: removed (its samples are kept)")?;
             } else {
-                println!("{id}: not known");
+                out!("{id}: not known")?;
                 return Ok(ExitCode::FAILURE);
             }
         }
         UsersCommand::List => {
             let users = store.list_users().await?;
-            println!("{:<38} {:<10} {:<20} LAST SYNC", "USER", "SOURCE", "ADDED");
+            out!("{:<38} {:<10} {:<20} LAST SYNC", "USER", "SOURCE", "ADDED")?;
             for u in &users {
-                println!(
+                out!(
                     "{:<38} {:<10} {:<20} {}",
                     u.user_id,
                     u.source.as_str(),
                     u.created_at.format("%Y-%m-%d %H:%M:%S"),
                     when(u.last_synced_at)
-                );
+                )?;
             }
-            println!("{} users", users.len());
+            out!("{} users", users.len())?;
         }
     }
     store.close().await;
@@ -368,10 +449,13 @@ async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
 async fn vehicles(config: Config) -> anyhow::Result<ExitCode> {
     let store = migrated_store(&config).await?;
     let vehicles = store.list_vehicles().await?;
-    println!(
+    out!(
         "{:<38} {:<38} {:<24} {:<17} LAST POLL",
-        "VEHICLE", "USER", "MAKE MODEL YEAR", "STATUS"
-    );
+        "VEHICLE",
+        "USER",
+        "MAKE MODEL YEAR",
+        "STATUS"
+    )?;
     for v in &vehicles {
         let car = format!(
             "{} {} {}",
@@ -379,16 +463,16 @@ async fn vehicles(config: Config) -> anyhow::Result<ExitCode> {
             v.model.as_deref().unwrap_or("?"),
             v.year.map(|y| y.to_string()).unwrap_or_default()
         );
-        println!(
+        out!(
             "{:<38} {:<38} {:<24} {:<17} {}",
             v.vehicle_id,
             v.user_id,
             car.chars().take(24).collect::<String>(),
             v.status.as_str(),
             when(v.last_polled_at)
-        );
+        )?;
     }
-    println!("{} vehicles", vehicles.len());
+    out!("{} vehicles", vehicles.len())?;
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -401,35 +485,39 @@ fn when(t: Option<chrono::DateTime<Utc>>) -> String {
 async fn status(config: Config) -> anyhow::Result<ExitCode> {
     let store = migrated_store(&config).await?;
     let now = Utc::now();
-    println!(
+    out!(
         "database   {}",
         crate::daemon::redact_url(&config.database.url)
-    );
+    )?;
     match store.app_paused_until(now).await? {
-        Some(until) => println!("app pause  PAUSED until {until} (a 429 from Smartcar)"),
-        None => println!("app pause  none"),
+        Some(until) => out!("app pause  PAUSED until {until} (a 429 from Smartcar)")?,
+        None => out!("app pause  none")?,
     }
     match store.oldest_poll_of_pollable(now).await? {
-        Some(t) => println!(
+        Some(t) => out!(
             "last cycle every pollable vehicle polled since {} ({} ago)",
             t.format("%Y-%m-%d %H:%M:%S"),
             ago(now - t)
-        ),
-        None => println!("last cycle no complete cycle yet"),
+        )?,
+        None => out!("last cycle no complete cycle yet")?,
     }
     for schedule in ["connections", "signals"] {
-        println!(
+        out!(
             "tick       {schedule:<12} last {}",
             when(store.last_tick(schedule).await?)
-        );
+        )?;
     }
-    println!("samples    {}", store.sample_count().await?);
+    out!("samples    {}", store.sample_count().await?)?;
     print_budget(&config, &store, now).await?;
-    println!();
-    println!(
+    out!()?;
+    out!(
         "{:<18} {:>8} {:>8} {:>8} {:>8}",
-        "QUEUE", "pending", "running", "done", "dead"
-    );
+        "QUEUE",
+        "pending",
+        "running",
+        "done",
+        "dead"
+    )?;
     let counts = store.queue_counts().await?;
     for kind in JobKind::ALL {
         let n = |state: &str| {
@@ -439,21 +527,21 @@ async fn status(config: Config) -> anyhow::Result<ExitCode> {
                 .map(|c| c.2)
                 .unwrap_or(0)
         };
-        println!(
+        out!(
             "{:<18} {:>8} {:>8} {:>8} {:>8}",
             kind.as_str(),
             n("pending"),
             n("running"),
             n("done"),
             n("dead")
-        );
+        )?;
     }
     let dead = store.dead_jobs(20).await?;
     if !dead.is_empty() {
-        println!();
-        println!("DEAD JOBS (latest {})", dead.len());
+        out!()?;
+        out!("DEAD JOBS (latest {})", dead.len())?;
         for d in &dead {
-            println!(
+            out!(
                 "  #{} {}({}) after {} attempts at {}: {}{}",
                 d.id,
                 d.kind,
@@ -465,22 +553,22 @@ async fn status(config: Config) -> anyhow::Result<ExitCode> {
                     .as_deref()
                     .map(|r| format!(" [request id {r}]"))
                     .unwrap_or_default()
-            );
+            )?;
         }
     }
     let users = store.list_users().await?;
-    println!();
-    println!("{:<38} {:<10} LAST CONNECTIONS SYNC", "USER", "SOURCE");
+    out!()?;
+    out!("{:<38} {:<10} LAST CONNECTIONS SYNC", "USER", "SOURCE")?;
     for u in users.iter().take(50) {
-        println!(
+        out!(
             "{:<38} {:<10} {}",
             u.user_id,
             u.source.as_str(),
             when(u.last_synced_at)
-        );
+        )?;
     }
     if users.len() > 50 {
-        println!("… and {} more (users list)", users.len() - 50);
+        out!("… and {} more (users list)", users.len() - 50)?;
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
@@ -499,7 +587,7 @@ async fn print_budget(
         Some(rl) => {
             let factor = adaptive_factor(throttle, now);
             let rpm = f64::from(rl.requests_per_minute.get());
-            println!(
+            out!(
                 "rate       configured {rpm}/min, burst {}; in force {:.1}/min (headroom {:.0} %, \
                  adaptive factor {factor:.2}), burst {:.0}, split over {} live process(es)",
                 rl.burst,
@@ -507,37 +595,31 @@ async fn print_budget(
                 RATE_HEADROOM * 100.0,
                 f64::from(rl.burst.get()) * BURST_HEADROOM,
                 daemons.len().max(1)
-            );
+            )?;
         }
-        None => println!("rate       no limit (rate_limit.requests_per_minute = 0)"),
+        None => out!("rate       no limit (rate_limit.requests_per_minute = 0)")?,
     }
     match throttle {
-        Some((at, f)) => println!(
+        Some((at, f)) => out!(
             "throttle   last 429 SMARTCAR_API at {} ({} ago), sent at {:.2} of the rate",
             at.format("%Y-%m-%d %H:%M:%S"),
             ago(now - at),
             f
-        ),
-        None => println!("throttle   never"),
+        )?,
+        None => out!("throttle   never")?,
     }
-    println!(
+    out!(
         "processes  {} live: {}",
         daemons.len(),
         daemons
             .iter()
             .map(|d| format!(
                 "{} {} on {} pid {} ({} calls, 429 app {} vehicle {})",
-                d.daemon_id,
-                d.kind,
-                d.host,
-                d.pid,
-                d.calls,
-                d.throttled_app,
-                d.throttled_vehicle
+                d.daemon_id, d.kind, d.host, d.pid, d.calls, d.throttled_app, d.throttled_vehicle
             ))
             .collect::<Vec<_>>()
             .join("; ")
-    );
+    )?;
     Ok(())
 }
 
@@ -556,7 +638,7 @@ async fn connect_url(config: Config) -> anyhow::Result<ExitCode> {
     let issued = crate::http::issue_connect_url(&store, &settings, Utc::now()).await;
     store.close().await;
     let issued = issued?;
-    println!("{}", issued.url);
+    out!("{}", issued.url)?;
     eprintln!(
         "valid once, until {} (connect.state_ttl)",
         issued.expires_at.format("%Y-%m-%d %H:%M:%S UTC")
@@ -566,17 +648,17 @@ async fn connect_url(config: Config) -> anyhow::Result<ExitCode> {
 
 async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
     let store = migrated_store(&config).await?;
-    println!(
+    out!(
         "database migrated ({}: {})",
         store.backend_name(),
         crate::daemon::redact_url(&config.database.url)
-    );
+    )?;
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn check_config(config: Config) -> ExitCode {
-    println!("configuration: every key valid");
+    let _ = out!("configuration: every key valid");
     if let Err(e) = config.require_credentials() {
         return config_error(&e);
     }
@@ -596,9 +678,10 @@ async fn check_config(config: Config) -> ExitCode {
     shutdown.cancel();
     match result {
         Ok(Ok(token)) => {
-            println!(
+            let _ = out!(
                 "credentials: OK (token {} issued, expires {})",
-                token.fingerprint, token.expires_at_utc
+                token.fingerprint,
+                token.expires_at_utc
             );
             ExitCode::SUCCESS
         }

@@ -117,6 +117,10 @@ pub struct QueueConfig {
     /// Done jobs are deleted after this long (dead ones are kept for `status`).
     #[serde(with = "duration_str")]
     pub keep_done: Duration,
+    /// The longest wait a `Retry-After` header (or a throttled vehicle's growing backoff) can
+    /// impose; a larger or far-future value is capped to it.
+    #[serde(with = "duration_str")]
+    pub max_retry_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +245,7 @@ impl Default for QueueConfig {
             backoff_min: Duration::from_secs(2),
             backoff_max: Duration::from_secs(600),
             keep_done: Duration::from_secs(7 * 86_400),
+            max_retry_after: Duration::from_secs(3600),
         }
     }
 }
@@ -431,6 +436,14 @@ impl Config {
                 "backoff_min must be > 0 and backoff_max >= backoff_min",
             ));
         }
+        if q.max_retry_after < Duration::from_secs(1)
+            || q.max_retry_after > Duration::from_secs(30 * 86_400)
+        {
+            return Err(invalid(
+                "queue.max_retry_after",
+                "must be between 1s and 30d",
+            ));
+        }
         let h = &self.http;
         for (key, addr) in [
             ("http.listen", &h.listen),
@@ -455,12 +468,13 @@ impl Config {
         if h.max_connections == 0 {
             return Err(invalid("http.max_connections", "must be at least 1"));
         }
-        if h.max_body_bytes_in_flight < crate::http::BODY_LIMIT {
+        // Three quarters hold large bodies: at least one full-size body must fit there.
+        if h.max_body_bytes_in_flight / 4 * 3 < crate::http::BODY_LIMIT {
             return Err(invalid(
                 "http.max_body_bytes_in_flight",
                 format!(
-                    "must be at least one body ({} bytes)",
-                    crate::http::BODY_LIMIT
+                    "must be at least {} bytes (one full-size body in three quarters of it)",
+                    crate::http::BODY_LIMIT / 3 * 4 + 4
                 ),
             ));
         }

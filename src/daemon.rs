@@ -17,7 +17,7 @@ use crate::queue::{QueueSettings, RetryPolicy, RunStats, Runner};
 use crate::schedule::Schedule;
 use crate::smartcar::auth::TokenAudit;
 use crate::smartcar::{Client, ClientConfig, SecretSource, TokenConfig, TokenProvider};
-use crate::store::{JobKind, Store, StoreOptions, TokenAuditRow};
+use crate::store::{JobKind, OpenJob, Store, StoreOptions, TokenAuditRow};
 
 /// Opens the database named by the config (it is not migrated here).
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -99,6 +99,7 @@ pub fn build_client_with_secret(
             api_url: s.api_url.clone(),
             request_timeout: s.request_timeout,
             vehicle_mode: s.vehicle_mode.clone(),
+            max_retry_after: config.queue.max_retry_after,
         },
         http,
         tokens,
@@ -120,6 +121,7 @@ pub fn queue_settings(config: &Config) -> QueueSettings {
             max_attempts: q.max_attempts,
         },
         idle_poll: Duration::from_secs(2),
+        max_retry_after: q.max_retry_after,
     }
 }
 
@@ -319,72 +321,117 @@ impl Daemon {
         shutdown: &CancellationToken,
         progress: impl Fn(&str),
     ) -> anyhow::Result<CycleReport> {
+        self.sync_once_until(shutdown, None, progress).await
+    }
+
+    /// [`Daemon::sync_once`] that always ends: once `deadline` has passed since the start, or
+    /// as soon as every open job waits beyond it (a throttled vehicle deferred for minutes, an
+    /// app pause), it stops claiming and reports the jobs left open
+    /// ([`CycleReport::out_of_time`], [`CycleReport::deferred`]). Jobs running at that moment
+    /// get `queue.shutdown_grace` to finish, as on SIGTERM. Nothing is lost: the open jobs stay
+    /// in the queue, due when their wait ends.
+    pub async fn sync_once_until(
+        &self,
+        shutdown: &CancellationToken,
+        deadline: Option<Duration>,
+        progress: impl Fn(&str),
+    ) -> anyhow::Result<CycleReport> {
         let started = Utc::now();
+        // Any duration is accepted; one beyond the clocks' range means "no deadline in practice".
+        let deadline = deadline.map(|d| {
+            let far = Duration::from_secs(100 * 365 * 86_400);
+            let now = tokio::time::Instant::now();
+            (
+                now.checked_add(d)
+                    .or_else(|| now.checked_add(far))
+                    .unwrap_or(now),
+                chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|d| started.checked_add_signed(d))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            )
+        });
         let stop_workers = CancellationToken::new();
         let runner = self.runner();
         let stats = runner.stats();
         let workers = tokio::spawn(runner.run(stop_workers.clone()));
         let result = async {
+            use Phase::OutOfTime;
             if self.config.schedule.discover_users {
                 self.store
                     .enqueue(JobKind::DiscoverUsers, "", Utc::now())
                     .await?;
-                self.wait_for(
-                    JobKind::DiscoverUsers,
-                    shutdown,
-                    &progress,
-                    "discovering users",
-                )
-                .await?;
+                let p = "discovering users";
+                if self
+                    .wait_for(JobKind::DiscoverUsers, shutdown, deadline, &progress, p)
+                    .await?
+                    == OutOfTime
+                {
+                    return Ok(OutOfTime);
+                }
             }
             // Users synced earlier in this cycle (just discovered) are not synced twice. Their
             // syncs must have finished first: on PostgreSQL an INSERT … SELECT racing a commit
             // reads the old `last_synced_at` and then finds no open job to conflict with.
-            self.wait_for(
-                JobKind::SyncConnections,
-                shutdown,
-                &progress,
-                "syncing new users",
-            )
-            .await?;
+            let p = "syncing new users";
+            if self
+                .wait_for(JobKind::SyncConnections, shutdown, deadline, &progress, p)
+                .await?
+                == OutOfTime
+            {
+                return Ok(OutOfTime);
+            }
             self.store
                 .enqueue_syncs_for_all_users(Utc::now(), Some(started))
                 .await?;
             self.wake.notify_one();
-            self.wait_for(
-                JobKind::SyncConnections,
-                shutdown,
-                &progress,
-                "syncing connections",
-            )
-            .await?;
+            let p = "syncing connections";
+            if self
+                .wait_for(JobKind::SyncConnections, shutdown, deadline, &progress, p)
+                .await?
+                == OutOfTime
+            {
+                return Ok(OutOfTime);
+            }
             // Vehicles first polled by their sync in this cycle are not polled twice (once
             // those polls are over, for the same reason as above).
-            self.wait_for(
-                JobKind::PollSignals,
-                shutdown,
-                &progress,
-                "polling new vehicles",
-            )
-            .await?;
+            let p = "polling new vehicles";
+            if self
+                .wait_for(JobKind::PollSignals, shutdown, deadline, &progress, p)
+                .await?
+                == OutOfTime
+            {
+                return Ok(OutOfTime);
+            }
             self.store
                 .enqueue_polls_for_pollable(Utc::now(), Some(started))
                 .await?;
             self.wake.notify_one();
-            self.wait_for(JobKind::PollSignals, shutdown, &progress, "polling signals")
-                .await?;
-            anyhow::Ok(())
+            let p = "polling signals";
+            self.wait_for(JobKind::PollSignals, shutdown, deadline, &progress, p)
+                .await
         }
         .await;
         stop_workers.cancel();
         let _ = workers.await;
         save_token_audit(&self.store, self.client.tokens().audit()).await;
-        result?;
+        let out_of_time = result? == Phase::OutOfTime;
+        let (deferred, open_jobs) = if out_of_time {
+            (
+                self.store.open_job_list(DEFERRED_LISTED).await?,
+                self.store.open_jobs(None).await?,
+            )
+        } else {
+            (Vec::new(), 0)
+        };
         Ok(CycleReport {
             started,
             finished: Utc::now(),
             dead: self.store.dead_since(started).await?,
             stats,
+            out_of_time,
+            open_jobs,
+            deferred,
         })
     }
 
@@ -392,9 +439,10 @@ impl Daemon {
         &self,
         kind: JobKind,
         shutdown: &CancellationToken,
+        deadline: Option<(tokio::time::Instant, DateTime<Utc>)>,
         progress: &impl Fn(&str),
         phase: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Phase> {
         self.wake.notify_one();
         // Poll often (a COUNT on the open-jobs index is cheap) so a phase ends promptly; report
         // progress at a human pace.
@@ -415,7 +463,26 @@ impl Daemon {
                 reported = Some(tokio::time::Instant::now());
             }
             if open == 0 {
-                return Ok(());
+                return Ok(Phase::Done);
+            }
+            if let Some((at, at_utc)) = deadline {
+                if tokio::time::Instant::now() >= at {
+                    tracing::warn!(phase, open, "sync-once deadline reached: no more claims");
+                    return Ok(Phase::OutOfTime);
+                }
+                // Every open job waits beyond the deadline (a running job's run_at is in the
+                // past): waiting longer cannot finish anything.
+                if due
+                    && let Ok(first) = self.store.open_job_list(1).await
+                    && first.first().is_some_and(|j| j.run_at > at_utc)
+                {
+                    tracing::warn!(
+                        phase,
+                        open,
+                        "every open job waits beyond the sync-once deadline"
+                    );
+                    return Ok(Phase::OutOfTime);
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => anyhow::bail!("interrupted"),
@@ -582,6 +649,16 @@ async fn systemd_notify(shutdown: CancellationToken) {
     notify(&[sd_notify::NotifyState::Stopping]);
 }
 
+/// How a phase of `sync-once` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Done,
+    OutOfTime,
+}
+
+/// How many of the jobs left open a [`CycleReport`] lists.
+const DEFERRED_LISTED: i64 = 50;
+
 /// What `sync-once` did.
 #[derive(Debug)]
 pub struct CycleReport {
@@ -590,6 +667,12 @@ pub struct CycleReport {
     /// Jobs that ended dead during the cycle.
     pub dead: i64,
     pub stats: Arc<RunStats>,
+    /// The deadline ended the cycle before every job was done.
+    pub out_of_time: bool,
+    /// Jobs still open when the cycle ended (0 unless `out_of_time`).
+    pub open_jobs: i64,
+    /// The first of them, soonest first, with why and until when they wait.
+    pub deferred: Vec<OpenJob>,
 }
 
 /// Hourly housekeeping: prune finished jobs, keep PostgreSQL partitions ahead, apply retention.

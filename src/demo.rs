@@ -10,6 +10,7 @@ use anyhow::Context;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::out;
 use crate::config::{Config, LogFormat};
 use crate::daemon::Daemon;
 use crate::simulator::{Bucket, Faults, SimConfig, Simulator};
@@ -130,38 +131,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let samples = store.sample_count().await?;
     let c = sim.counters();
     let ord = std::sync::atomic::Ordering::Relaxed;
-    println!();
-    println!("Summary");
-    println!("  users discovered     {users}");
-    println!(
+    out!()?;
+    out!("Summary")?;
+    out!("  users discovered     {users}")?;
+    out!(
         "  vehicles             {} ({polled} polled)",
         vehicles.len()
-    );
-    println!("  samples stored       {samples}");
-    println!(
+    )?;
+    out!("  samples stored       {samples}")?;
+    out!(
         "  API calls            {} ({} connections, {} signals; {} failed by injection, {} x 429)",
         c.api_calls,
         c.connections_calls,
         c.signals_calls,
         c.injected_errors,
         c.responses_429_app + c.responses_429_vehicle
-    );
-    println!("  token requests       {}", c.token_requests);
-    println!(
+    )?;
+    out!("  token requests       {}", c.token_requests)?;
+    out!(
         "  jobs                 {} done, {} retried, {} dead",
         report.stats.done.load(ord),
         report.stats.retried.load(ord),
         report.dead
-    );
-    println!(
+    )?;
+    out!(
         "  elapsed              {:.1}s",
         started.elapsed().as_secs_f64()
-    );
-    println!();
-    println!(
+    )?;
+    out!()?;
+    out!(
         "Look inside: sqlite3 {} 'SELECT code, COUNT(*) FROM signal_samples GROUP BY code'",
         args.database.display()
-    );
+    )?;
     store.close().await;
     sim.shutdown().await;
     if report.dead > 0 {

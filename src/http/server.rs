@@ -64,8 +64,7 @@ impl ServerLimits {
             max_connections,
             body_limit: super::BODY_LIMIT,
             body_budget: Arc::new(Semaphore::new(
-                (http.max_body_bytes_in_flight - http.max_body_bytes_in_flight / 4)
-                    .div_ceil(1024),
+                (http.max_body_bytes_in_flight - http.max_body_bytes_in_flight / 4).div_ceil(1024),
             )),
             small_body_budget: Arc::new(Semaphore::new(
                 (http.max_body_bytes_in_flight / 4).div_ceil(1024),

@@ -15,7 +15,7 @@ use super::{HttpState, STORE_DEADLINE, body, hmac_hex, hmac_verify};
 use crate::events;
 use crate::ids::{self, Escaped};
 use crate::jobs::signals::{next_month, readings};
-use crate::smartcar::Signal;
+use crate::smartcar::model::webhook_signals;
 use crate::store::{SampleSource, VehicleErrorUpdate, VehicleStatus, WebhookDelivery};
 
 /// Longest VERIFY challenge answered. Smartcar's challenges are short random tokens.
@@ -105,7 +105,7 @@ pub(super) async fn receive(
         return answer(StatusCode::UNAUTHORIZED, event_type, "missing_signature");
     }
     match event_type {
-        "VEHICLE_STATE" | "VEHICLE_ERROR" => deliver(&state, event_type, &envelope).await,
+        "VEHICLE_STATE" | "VEHICLE_ERROR" => deliver(&state, event_type, &envelope, &body).await,
         // New event types must not make Smartcar retry: acknowledge and ignore.
         _ => answer(StatusCode::ACCEPTED, "other", "ignored"),
     }
@@ -154,7 +154,7 @@ fn id_at<'a>(v: &'a Value, pointer: &str) -> Result<Option<&'a str>, ()> {
     }
 }
 
-async fn deliver(state: &HttpState, event_type: &str, envelope: &Value) -> Response {
+async fn deliver(state: &HttpState, event_type: &str, envelope: &Value, raw: &[u8]) -> Response {
     let ids = (|| {
         let event_id = id_at(envelope, "/eventId")?.ok_or(())?;
         let vehicle_id = match id_at(envelope, "/vehicleId")? {
@@ -169,20 +169,8 @@ async fn deliver(state: &HttpState, event_type: &str, envelope: &Value) -> Respo
     };
     let now = Utc::now();
     let (samples, statuses, errors) = if event_type == "VEHICLE_STATE" {
-        let signals: Vec<Signal> = envelope
-            .pointer("/data/signals")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|s| match Signal::from_value(s) {
-                Ok(signal) => Some(signal),
-                Err(e) => {
-                    tracing::debug!(event_id, error = %e, "webhook signal skipped");
-                    None
-                }
-            })
-            .collect();
+        // From the raw bytes: each signal's body is stored as sent.
+        let signals = webhook_signals(raw);
         let (samples, statuses) = readings(vehicle_id, &signals, SampleSource::Webhook, now);
         (samples, statuses, Vec::new())
     } else {

@@ -1,9 +1,17 @@
 //! `poll_signals(vehicle)`: read every signal and store the readings with the job's completion.
 //! [`readings`] is shared with webhooks: a reading seen by both is stored once.
+//!
+//! When the signals answer is paged and a continuation page fails, the readings of the pages
+//! already received are stored at once (without completing the job), and the failure goes to
+//! the queue as a transient one: the poll is retried, the vehicle's status is untouched. Samples
+//! are keyed by `(vehicle, code, recorded_at)` and the first writer wins, so the retry stores
+//! the rest and nothing is lost or duplicated; a reading that changed between the two tries is
+//! kept in both versions, as two samples.
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 
 use super::{Done, JobContext, JobError};
+use crate::smartcar::time::plausible_reading_time;
 use crate::smartcar::{ApiError, Signal, SignalStatus, VehicleProblem};
 use crate::store::{
     Job, NewSample, PollResult, SampleSource, SignalState, VehicleStatus, VehicleStatusUpdate,
@@ -16,7 +24,32 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         return Ok(Done::Skipped("vehicle no longer known"));
     };
     tracing::Span::current().record("user_id", user_id.as_str());
-    let signals = ctx.client.signals(vehicle_id, &user_id).await?;
+    let signals = match ctx
+        .client
+        .signals_keeping_partial(vehicle_id, &user_id)
+        .await
+    {
+        Ok(s) => s,
+        Err(partial) => {
+            if !partial.received.is_empty() {
+                let (samples, statuses) = readings(
+                    vehicle_id,
+                    &partial.received,
+                    SampleSource::Poll,
+                    Utc::now(),
+                );
+                let n = ctx.store.ingest_samples(&samples, &statuses).await?;
+                crate::events::samples_stored("poll", n);
+                tracing::info!(
+                    signals = partial.received.len(),
+                    inserted = n,
+                    error = %partial.error,
+                    "a later signals page failed: the pages received are stored, the poll will be retried"
+                );
+            }
+            return Err(partial.error.into());
+        }
+    };
     let now = Utc::now();
     let (samples, statuses) = readings(vehicle_id, &signals, SampleSource::Poll, now);
     let result = PollResult {
@@ -33,8 +66,16 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     })
 }
 
-/// Splits signals into samples (SUCCESS with a measurement time) and the latest status of every
-/// signal. A signal that is not SUCCESS is not a sample.
+/// The `error_type` of a status recorded for a reading whose time cannot be used.
+pub const TIME_ERROR_TYPE: &str = "READING_TIME";
+
+/// Splits signals into samples (SUCCESS with a usable measurement time) and the latest status of
+/// every signal. A signal that is not SUCCESS is not a sample. A SUCCESS reading whose time was
+/// sent but is unreadable or implausible (before 2000, or more than a day ahead of `now`) is
+/// recorded as a status `ERROR` with type [`TIME_ERROR_TYPE`] and code `UNREADABLE` or
+/// `OUT_OF_RANGE`, not as a sample. A SUCCESS reading with no measurement time at all (an empty
+/// `meta`) keeps its SUCCESS status and is not a sample: `retrievedAt` changes on every poll and
+/// would store the same reading again and again.
 pub fn readings(
     vehicle_id: &str,
     signals: &[Signal],
@@ -44,39 +85,61 @@ pub fn readings(
     let mut samples = Vec::with_capacity(signals.len());
     let mut statuses = Vec::with_capacity(signals.len());
     for s in signals {
-        let (error_type, error_code) = match &s.status {
-            SignalStatus::Error { error_type, code } => (error_type.clone(), code.clone()),
-            _ => (None, None),
+        let (mut status, mut error_type, mut error_code) = match &s.status {
+            SignalStatus::Error { error_type, code } => {
+                ("ERROR".to_owned(), error_type.clone(), code.clone())
+            }
+            other => (other.as_str().to_owned(), None, None),
         };
+        let mut sample_at = None;
+        if s.status == SignalStatus::Success {
+            let time_error = if let Some(raw) = &s.unreadable_time {
+                tracing::error!(vehicle_id, code = %s.code, time = %raw,
+                    "reading time cannot be read: recorded as a status error, not stored");
+                Some("UNREADABLE")
+            } else {
+                match s.recorded_at() {
+                    Some(t) if plausible_reading_time(t, now) => {
+                        sample_at = Some(t);
+                        None
+                    }
+                    Some(t) => {
+                        tracing::error!(vehicle_id, code = %s.code, time = %t,
+                            "implausible reading time: recorded as a status error, not stored");
+                        Some("OUT_OF_RANGE")
+                    }
+                    None => {
+                        tracing::debug!(vehicle_id, code = %s.code,
+                            "reading without oemUpdatedAt: status only");
+                        None
+                    }
+                }
+            };
+            if let Some(code) = time_error {
+                status = "ERROR".to_owned();
+                error_type = Some(TIME_ERROR_TYPE.to_owned());
+                error_code = Some(code.to_owned());
+            }
+        }
         statuses.push(SignalState {
             vehicle_id: vehicle_id.to_owned(),
             code: s.code.clone(),
-            status: s.status.as_str().to_owned(),
+            status,
             error_type,
             error_code,
             observed_at: now,
         });
-        if s.status != SignalStatus::Success {
-            continue;
+        if let Some(recorded_at) = sample_at {
+            samples.push(NewSample {
+                vehicle_id: vehicle_id.to_owned(),
+                code: s.code.clone(),
+                recorded_at,
+                value_num: s.value_num,
+                unit: s.unit.clone(),
+                body: s.body_json(),
+                source,
+            });
         }
-        let Some(recorded_at) = s.recorded_at() else {
-            tracing::debug!(vehicle_id, code = %s.code, "reading without oemUpdatedAt: not stored");
-            continue;
-        };
-        let body = s
-            .body
-            .as_ref()
-            .map(|b| b.to_string())
-            .unwrap_or_else(|| "{}".to_owned());
-        samples.push(NewSample {
-            vehicle_id: vehicle_id.to_owned(),
-            code: s.code.clone(),
-            recorded_at,
-            value_num: s.value_num,
-            unit: s.unit.clone(),
-            body,
-            source,
-        });
     }
     (samples, statuses)
 }

@@ -37,6 +37,8 @@ pub struct QueueSettings {
     /// The longest the pool sleeps with nothing due, so jobs enqueued by another daemon are
     /// found without a wake-up.
     pub idle_poll: Duration,
+    /// The longest wait a `Retry-After` or a throttled vehicle's backoff can impose.
+    pub max_retry_after: Duration,
 }
 
 /// How job runs ended, for the demo's progress line and tests.
@@ -257,6 +259,12 @@ impl Runner {
                 self.retry_at(job, self.settings.retry.max, &err.to_string(), request_id)
                     .await
             }
+            Action::RetryAt(at) if job.kind == JobKind::PollSignals => {
+                // 429 RATE_LIMIT/VEHICLE: Retry-After is the floor; each consecutive 429 from
+                // this vehicle (counted in the database) waits longer.
+                self.defer_throttled(job, at, &err.to_string()).await;
+                "deferred"
+            }
             Action::RetryAt(at) => {
                 self.defer(job, at, &err.to_string()).await;
                 "deferred"
@@ -344,6 +352,30 @@ impl Runner {
         tracing::info!(until = %at, reason = why, "job deferred (no attempt used)");
         if let Err(e) = self.ctx.store.release(job, at, Some(why)).await {
             tracing::warn!(error = %e, "cannot defer the job; the lease will expire and the job run again");
+        }
+        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn defer_throttled(&self, job: &Job, floor: chrono::DateTime<Utc>, why: &str) {
+        let now = Utc::now();
+        let retry_after = (floor - now).to_std().unwrap_or(Duration::ZERO);
+        let max = self.settings.max_retry_after;
+        let note = format!("throttled: {why}");
+        let result = self
+            .ctx
+            .store
+            .defer_throttled(
+                job,
+                &job.subject,
+                |streak| now + chrono_dur(retry::throttle_wait(retry_after, streak, max)),
+                &note,
+            )
+            .await;
+        match result {
+            Ok((streak, until)) => tracing::info!(until = %until, streak, reason = why,
+                "vehicle throttled: poll deferred (no attempt used)"),
+            Err(e) => tracing::warn!(error = %e,
+                "cannot defer the throttled job; the lease will expire and the job run again"),
         }
         self.stats.deferred.fetch_add(1, Ordering::Relaxed);
     }

@@ -42,9 +42,39 @@ impl RetryPolicy {
     }
 }
 
+/// The wait after the `streak`-th consecutive 429 `RATE_LIMIT`/`VEHICLE` from one vehicle
+/// (1-based): the `Retry-After` delay (at least 1 s) doubled for every earlier 429 of the
+/// streak, capped at `max`, and never shorter than `Retry-After` itself. A vehicle that answers
+/// 429 with `Retry-After: 2` on every call is thus called after 2, 4, 8, 16 … s, not every 2 s.
+pub fn throttle_wait(retry_after: Duration, streak: i64, max: Duration) -> Duration {
+    // A year at most, whatever the configuration says: the wait is added to a date.
+    let max = max.min(Duration::from_secs(366 * 86_400));
+    let base = retry_after.max(Duration::from_secs(1));
+    let doublings = u32::try_from((streak - 1).clamp(0, 30)).unwrap_or(30);
+    base.saturating_mul(1u32 << doublings)
+        .min(max)
+        .max(retry_after.min(max))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consecutive_429s_wait_longer_each_time_with_retry_after_as_the_floor() {
+        let s = Duration::from_secs;
+        let waits: Vec<u64> = (1..=8)
+            .map(|n| throttle_wait(s(2), n, s(60)).as_secs())
+            .collect();
+        assert_eq!(waits, vec![2, 4, 8, 16, 32, 60, 60, 60]);
+        // Retry-After is the floor even when larger than the doubling so far.
+        assert_eq!(throttle_wait(s(45), 1, s(3600)), s(45));
+        // A sub-second Retry-After still grows from 1 s, but never waits less than it asked.
+        assert_eq!(throttle_wait(Duration::ZERO, 3, s(3600)), s(4));
+        // A huge streak neither overflows nor exceeds the cap.
+        assert_eq!(throttle_wait(s(2), i64::MAX, s(3600)), s(3600));
+        assert_eq!(throttle_wait(s(2), 0, s(3600)), s(2));
+    }
 
     #[test]
     fn caps_double_up_to_the_maximum_and_draws_stay_under_them() {

@@ -7,9 +7,10 @@ use anyhow::Context;
 
 use super::Simulator;
 use super::config::{
-    Bucket, ErrorBodyVariant, Faults, PagingVariant, SimConfig, TimestampFormat, UserIdLocation,
-    Variants,
+    Bucket, ErrorBodyVariant, Faults, LinkStyle, PagingVariant, RetryAfterForm, SimConfig,
+    TimestampFormat, UserIdLocation, Variants,
 };
+use crate::cli::out;
 
 /// Options of `smartcar-sync simulate`.
 #[derive(Clone, Debug, clap::Args)]
@@ -71,6 +72,39 @@ pub struct SimArgs {
     pub signals_page_size: Option<usize>,
     #[arg(long)]
     pub retry_after_http_date: bool,
+    /// Form of `Retry-After` on 429s.
+    #[arg(long, value_enum, default_value_t = RetryAfterForm::Seconds)]
+    pub retry_after_form: RetryAfterForm,
+    /// How a paged signals answer writes `links.next`.
+    #[arg(long, value_enum, default_value_t = LinkStyle::RootRelative)]
+    pub signals_link: LinkStyle,
+    /// Numeric values that need all 17 significant digits.
+    #[arg(long)]
+    pub precise_values: bool,
+    /// Signal codes in camelCase.
+    #[arg(long)]
+    pub camel_case_codes: bool,
+    /// Units spelled `percentage`, `km`, `mi`.
+    #[arg(long)]
+    pub unit_aliases: bool,
+    /// State of charge as `{"percentage": N}`.
+    #[arg(long)]
+    pub legacy_soc_body: bool,
+    /// `closure-islocked` with an empty `meta`.
+    #[arg(long)]
+    pub empty_meta: bool,
+    /// `lowvoltagebattery-stateofcharge` with an impossible `oemUpdatedAt`.
+    #[arg(long)]
+    pub out_of_range_times: bool,
+    /// One extra signal with an 80-character code in every answer and webhook.
+    #[arg(long)]
+    pub overlong_code: bool,
+    /// Webhook signals with `meta.fetchedAt` instead of `retrievedAt`.
+    #[arg(long)]
+    pub webhook_fetched_at: bool,
+    /// Format of a webhook's `meta.deliveredAt`.
+    #[arg(long, value_enum, default_value_t = TimestampFormat::EpochMillis)]
+    pub webhook_delivered_at: TimestampFormat,
     /// Do not keep the record of served readings (saves memory on long runs).
     #[arg(long)]
     pub no_record: bool,
@@ -109,6 +143,17 @@ impl SimArgs {
                 error_body: self.error_body,
                 signals_page_size: self.signals_page_size,
                 retry_after_http_date: self.retry_after_http_date,
+                retry_after_form: self.retry_after_form,
+                signals_link: self.signals_link,
+                precise_values: self.precise_values,
+                camel_case_codes: self.camel_case_codes,
+                unit_aliases: self.unit_aliases,
+                legacy_soc_body: self.legacy_soc_body,
+                empty_meta: self.empty_meta,
+                out_of_range_times: self.out_of_range_times,
+                overlong_code: self.overlong_code,
+                webhook_fetched_at: self.webhook_fetched_at,
+                webhook_delivered_at: self.webhook_delivered_at,
             },
             record_served: !self.no_record,
             management_token: self.management_token.clone(),
@@ -119,25 +164,26 @@ impl SimArgs {
 /// Runs the simulator until Ctrl-C, then prints the counters.
 pub async fn run_cli(args: SimArgs) -> anyhow::Result<()> {
     let config = args.to_config();
+    // A closed stdout must not stop a running server: output errors are ignored.
     let sim = Simulator::start(config, args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!("Smartcar simulator listening on {}", sim.addr());
-    println!("  auth URL:      {}", sim.auth_url());
-    println!("  API URL:       {}", sim.api_url());
-    println!("  client id:     {}", args.client_id);
-    println!("  client secret: {}", args.client_secrets.join(", "));
+    let _ = out!("Smartcar simulator listening on {}", sim.addr());
+    let _ = out!("  auth URL:      {}", sim.auth_url());
+    let _ = out!("  API URL:       {}", sim.api_url());
+    let _ = out!("  client id:     {}", args.client_id);
+    let _ = out!("  client secret: {}", args.client_secrets.join(", "));
     let users = sim.user_ids();
-    println!("  users:         {}", users.len());
+    let _ = out!("  users:         {}", users.len());
     for u in users.iter().take(5) {
-        println!("    {u}  ({} vehicles)", sim.vehicles_of(u).len());
+        let _ = out!("    {u}  ({} vehicles)", sim.vehicles_of(u).len());
     }
-    println!("Ctrl-C to stop.");
+    let _ = out!("Ctrl-C to stop.");
     tokio::signal::ctrl_c()
         .await
         .context("cannot listen for Ctrl-C")?;
     let counters = serde_json::to_string_pretty(&sim.counters())?;
-    println!("{counters}");
+    let _ = out!("{counters}");
     sim.shutdown().await;
     Ok(())
 }

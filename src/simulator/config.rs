@@ -97,8 +97,35 @@ pub struct Variants {
     pub error_body: ErrorBodyVariant,
     /// `None`: all signals in one page; `Some(n)`: `n` per page with `links.next`.
     pub signals_page_size: Option<usize>,
-    /// `Retry-After` as an HTTP date instead of whole seconds.
+    /// `Retry-After` as an HTTP date instead of whole seconds (same as
+    /// `retry_after_form: RetryAfterForm::HttpDate`).
     pub retry_after_http_date: bool,
+    /// The form of `Retry-After` on every 429 (overridden by `retry_after_http_date`).
+    pub retry_after_form: RetryAfterForm,
+    /// How a paged signals answer writes `links.next`.
+    pub signals_link: LinkStyle,
+    /// Every numeric `value` nudged so that it needs all 17 significant digits
+    /// (`115071.50046584333`): a client that parses or re-serialises inexactly shows it.
+    pub precise_values: bool,
+    /// Signal codes and ids in camelCase (`chargeVoltage`, `tractionBatteryStateOfCharge`).
+    pub camel_case_codes: bool,
+    /// Units as other sources spell them: `percentage`, `km`, `mi`.
+    pub unit_aliases: bool,
+    /// State of charge as the legacy body `{"percentage": 75}`, with no `value` or `unit`.
+    pub legacy_soc_body: bool,
+    /// `closure-islocked` carries an empty `meta` (no `oemUpdatedAt`, no `retrievedAt`); such
+    /// readings are not recorded as served (a client cannot key them).
+    pub empty_meta: bool,
+    /// `lowvoltagebattery-stateofcharge` carries an impossible `oemUpdatedAt`, by vehicle:
+    /// `10000-01-01T00:00:00Z`, `+12345-01-01T00:00:00`, `-0001-01-01T00:00:00`, `8e15` ms,
+    /// `9999-12-31T23:59:59Z`, `1999-12-31T23:59:59Z`. Not recorded as served.
+    pub out_of_range_times: bool,
+    /// Every signals answer and webhook carries one more signal whose code is 80 characters.
+    pub overlong_code: bool,
+    /// Webhook signals carry `meta.fetchedAt` instead of `meta.retrievedAt`.
+    pub webhook_fetched_at: bool,
+    /// Format of a webhook envelope's `meta.deliveredAt`.
+    pub webhook_delivered_at: TimestampFormat,
 }
 
 impl Default for Variants {
@@ -113,6 +140,17 @@ impl Default for Variants {
             error_body: ErrorBodyVariant::V3,
             signals_page_size: None,
             retry_after_http_date: false,
+            retry_after_form: RetryAfterForm::Seconds,
+            signals_link: LinkStyle::RootRelative,
+            precise_values: false,
+            camel_case_codes: false,
+            unit_aliases: false,
+            legacy_soc_body: false,
+            empty_meta: false,
+            out_of_range_times: false,
+            overlong_code: false,
+            webhook_fetched_at: false,
+            webhook_delivered_at: TimestampFormat::EpochMillis,
         }
     }
 }
@@ -157,8 +195,50 @@ pub enum ErrorBodyVariant {
     /// `{"errors":[{"status":"429",…,"meta":{"debug":{"requestId"}}}]}`
     #[default]
     V3,
+    /// The smallest published v3 form: `{"errors":[{"status","code","title","detail"}]}` with
+    /// `code` in snake case (`rate_limit`) and no type, resolution or request id.
+    V3Minimal,
     /// Flat `{"type","code","description","statusCode","requestId","resolution"}`
     V2,
+    /// Flat v2 with `"resolution": {"type": null}`.
+    V2ResolutionTypeNull,
+    /// Flat v2 with `"resolution": "RETRY_LATER"` (a bare string).
+    V2ResolutionString,
+    /// Flat v2 with `"resolution": null`.
+    V2ResolutionNull,
+    /// v1 `{"error","message","code"}`.
+    V1,
+}
+
+/// The form of `Retry-After` (§5: whole seconds is the standard; the others occur).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum RetryAfterForm {
+    /// Whole seconds, rounded up.
+    #[default]
+    Seconds,
+    /// An IMF-fixdate (`Wed, 21 Oct 2015 07:28:09 GMT`).
+    HttpDate,
+    /// The absolute time in epoch milliseconds (`1731926100000`).
+    EpochMillis,
+    /// The absolute time in epoch seconds (`1731926100`).
+    EpochSeconds,
+}
+
+/// How `links.next` of a paged signals answer is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum LinkStyle {
+    /// `/vehicles/{id}/signals?…`, relative to the API base (the contract's examples).
+    #[default]
+    RootRelative,
+    /// `/v3/vehicles/{id}/signals?…`
+    ApiPrefixed,
+    /// `http://HOST/v3/vehicles/{id}/signals?…`
+    Absolute,
+    /// `http://127.0.0.2:PORT/v3/vehicles/{id}/signals?…`: another origin (must not be followed).
+    ForeignOrigin,
+    /// `/vehicles/{id}/signals/../../{other}/signals?…`-style: another vehicle's signals (must not
+    /// be followed); written as `/vehicles/not-{id}/signals?…`.
+    OtherVehicle,
 }
 
 /// An error every signals call of one vehicle answers (see `force_vehicle_error`).
@@ -186,6 +266,8 @@ pub enum ForcedError {
     UpstreamRateLimit,
     /// 504 UPSTREAM/TIMEOUT
     GatewayTimeout,
+    /// 429 RATE_LIMIT/VEHICLE with `Retry-After: 2` (in the configured form) on every call
+    VehicleRateLimit,
 }
 
 /// Whether a vehicle is visible by default (`live`) or only with `filter[vehicle.mode]=simulated`.

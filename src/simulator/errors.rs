@@ -194,11 +194,24 @@ impl ApiError {
                 "The carmaker did not answer in time.",
                 Some("RETRY_LATER"),
             ),
+            // The server gives the header its configured form; this is the plain one.
+            VehicleRateLimit => Self::rate_limit(true, "2".to_owned()),
         }
     }
 
     fn body(&self, request_id: &str, variant: ErrorBodyVariant) -> Value {
         let resolution = json!({"type": self.resolution});
+        let v2 = |resolution: Value| {
+            json!({
+                "type": self.kind,
+                "code": self.code,
+                "description": self.detail,
+                "statusCode": self.status,
+                "requestId": request_id,
+                "resolution": resolution,
+                "docURL": "https://smartcar.com/docs/errors/api-errors",
+            })
+        };
         match variant {
             ErrorBodyVariant::V3 => json!({"errors": [{
                 "status": self.status.to_string(),
@@ -209,14 +222,21 @@ impl ApiError {
                 "resolution": resolution,
                 "meta": {"debug": {"requestId": request_id}},
             }]}),
-            ErrorBodyVariant::V2 => json!({
-                "type": self.kind,
+            // What Smartcar's published v3 examples show: a snake_case code and nothing else.
+            ErrorBodyVariant::V3Minimal => json!({"errors": [{
+                "status": self.status.to_string(),
+                "code": self.code.unwrap_or(self.kind).to_ascii_lowercase(),
+                "title": self.title,
+                "detail": self.detail,
+            }]}),
+            ErrorBodyVariant::V2 => v2(resolution),
+            ErrorBodyVariant::V2ResolutionTypeNull => v2(json!({"type": null})),
+            ErrorBodyVariant::V2ResolutionString => v2(json!(self.resolution)),
+            ErrorBodyVariant::V2ResolutionNull => v2(Value::Null),
+            ErrorBodyVariant::V1 => json!({
+                "error": self.kind.to_ascii_lowercase(),
+                "message": self.detail,
                 "code": self.code,
-                "description": self.detail,
-                "statusCode": self.status,
-                "requestId": request_id,
-                "resolution": resolution,
-                "docURL": "https://smartcar.com/docs/errors/api-errors",
             }),
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::config::Bucket;
+use super::config::{Bucket, RetryAfterForm};
 
 /// Result of asking a limiter for admission.
 #[derive(Debug, PartialEq)]
@@ -145,11 +145,12 @@ pub(crate) struct RetryAfter {
     pub deadline: Instant,
 }
 
-/// `Retry-After` for a wait: whole seconds rounded up (at least 1), or an HTTP date rounded up
-/// to the next whole second, so a client that obeys it is never early.
-pub(crate) fn retry_after(now: Instant, wait: Duration, http_date: bool) -> RetryAfter {
+/// `Retry-After` for a wait, in the given form: whole seconds rounded up (at least 1), or an
+/// absolute time (HTTP date or epoch seconds rounded up to the next whole second, epoch
+/// milliseconds exact), so a client that obeys it is never early.
+pub(crate) fn retry_after(now: Instant, wait: Duration, form: RetryAfterForm) -> RetryAfter {
     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-    if !http_date {
+    if form == RetryAfterForm::Seconds {
         return RetryAfter {
             header: secs.to_string(),
             deadline: now + Duration::from_secs(secs),
@@ -160,8 +161,18 @@ pub(crate) fn retry_after(now: Instant, wait: Duration, http_date: bool) -> Retr
     let target_s = target_ms.div_euclid(1000) + i64::from(target_ms.rem_euclid(1000) != 0);
     let target = chrono::DateTime::from_timestamp(target_s, 0).unwrap_or(wall);
     let ahead = (target_s * 1000 - wall.timestamp_millis()).max(0) as u64;
+    let header = match form {
+        RetryAfterForm::EpochMillis => {
+            return RetryAfter {
+                header: target_ms.to_string(),
+                deadline: now + Duration::from_secs(secs),
+            };
+        }
+        RetryAfterForm::EpochSeconds => target_s.to_string(),
+        _ => target.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+    };
     RetryAfter {
-        header: target.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+        header,
         deadline: now + Duration::from_millis(ahead),
     }
 }
@@ -183,7 +194,7 @@ mod tests {
             panic!("expected limit")
         };
         assert!(!early);
-        let ra = retry_after(t, wait, false);
+        let ra = retry_after(t, wait, RetryAfterForm::Seconds);
         assert_eq!(ra.header, "2");
         l.set_deadline(ra.deadline);
         assert!(matches!(
@@ -209,7 +220,11 @@ mod tests {
 
     #[test]
     fn http_date_is_in_the_future() {
-        let ra = retry_after(Instant::now(), Duration::from_millis(1500), true);
+        let ra = retry_after(
+            Instant::now(),
+            Duration::from_millis(1500),
+            RetryAfterForm::HttpDate,
+        );
         assert!(ra.header.ends_with(" GMT"), "{}", ra.header);
         let parsed = chrono::DateTime::parse_from_rfc2822(&ra.header.replace("GMT", "+0000"));
         assert!(parsed.is_ok_and(|d| d.timestamp_millis() >= Utc::now().timestamp_millis() + 1000));

@@ -1,4 +1,4 @@
-//! A faithful fake of the Smartcar v3 API contract (`/work/shared/smartcar-api.md`), for tests,
+//! A faithful fake of the Smartcar v3 API as `docs/smartcar-v3.md` describes it, for tests,
 //! the demo and benchmarks. It can produce every shape and error the contract lists, so a client
 //! proven against it has met each variant at least once.
 //!
@@ -20,6 +20,10 @@
 //! - The per-vehicle throttle covers every vehicle-scoped call (`/vehicles/{id}…`); forced
 //!   vehicle errors cover the signals endpoints only.
 //! - `SC-Unit-System: imperial` switches distances to miles.
+//! - Payload variants (exact-to-the-bit values, camelCase codes, unit spellings, legacy bodies,
+//!   odd `meta`s, error body shapes, `Retry-After` forms, link styles) are each behind a
+//!   [`Variants`] field, so a daemon test meets each one end to end; `docs/smartcar-v3.md` maps
+//!   every variant to its switch.
 
 mod cli;
 mod config;
@@ -45,8 +49,8 @@ use tokio::task::JoinHandle;
 
 pub use cli::{SimArgs, run_cli};
 pub use config::{
-    Bucket, ErrorBodyVariant, Faults, ForcedError, PagingVariant, SimConfig, TimestampFormat,
-    UserIdLocation, Variants, VehicleMode,
+    Bucket, ErrorBodyVariant, Faults, ForcedError, LinkStyle, PagingVariant, RetryAfterForm,
+    SimConfig, TimestampFormat, UserIdLocation, Variants, VehicleMode,
 };
 pub use counters::CounterSnapshot;
 pub use served::ServedReading;
@@ -195,6 +199,12 @@ impl Simulator {
         if let Some(i) = fleet.vehicle_by_id(vehicle_id) {
             fleet.vehicles[i as usize].no_signals = empty;
         }
+    }
+
+    /// The next `n` continuation pages of `/signals` (`page[number]` > 1) answer 404
+    /// RESOURCE_NOT_FOUND, as an expired cursor would; later ones answer normally.
+    pub fn fail_next_signal_pages(&self, n: u64) {
+        self.inner.fail_continuation_pages(n);
     }
 
     pub fn set_faults(&self, faults: Faults) {

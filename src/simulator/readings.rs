@@ -225,6 +225,19 @@ pub(crate) enum Status {
 pub(crate) struct Reading {
     pub def: u8,
     pub status: Status,
+    pub meta: Meta,
+}
+
+/// How a reading's `meta` is served: as usual, or one of the odd forms a variant asks for
+/// (`Variants::empty_meta`, `Variants::out_of_range_times`). Odd readings are not recorded as
+/// served: a client cannot (or must not) store them as samples.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Meta {
+    Normal,
+    /// `"meta": {}`
+    Empty,
+    /// `oemUpdatedAt` replaced by this impossible value.
+    BadTime(Value),
 }
 
 impl Reading {
@@ -448,7 +461,11 @@ impl Sampler {
                 }
             }
         };
-        Reading { def, status }
+        Reading {
+            def,
+            status,
+            meta: Meta::Normal,
+        }
     }
 
     fn body(&self, kind: Kind, t: i64) -> Value {
@@ -550,8 +567,10 @@ impl Sampler {
 }
 
 /// The number a reading carries, if any: a numeric or boolean `value` (as 1/0).
+/// The number a client extracts from a body: `value` (booleans as 0/1), or the legacy
+/// state-of-charge body's `percentage`.
 pub(crate) fn value_num(body: &Value) -> Option<f64> {
-    match body.get("value")? {
+    match body.get("value").or_else(|| body.get("percentage"))? {
         Value::Number(n) => n.as_f64(),
         Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
         _ => None,

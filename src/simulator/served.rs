@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 
 use super::ids;
-use super::readings::{Reading, Status, value_num};
+use super::readings::{Meta, Reading, Status, value_num};
 
 /// One distinct SUCCESS reading handed out by `/signals`, the single-signal endpoint or the
 /// webhook helper. `oem_updated_at` is as precise as the format it was served in.
@@ -39,6 +39,9 @@ impl ServedLog {
             let Status::Success { body, oem_ms } = &r.status else {
                 continue;
             };
+            if r.meta != Meta::Normal {
+                continue;
+            }
             let oem = oem_ms.div_euclid(precision_ms) * precision_ms;
             if !self.seen.insert((vehicle, r.def, oem)) {
                 continue;

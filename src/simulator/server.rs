@@ -15,7 +15,7 @@ use axum::{Extension, Json, Router};
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::config::{PagingVariant, VehicleMode};
+use super::config::{ForcedError, LinkStyle, PagingVariant, VehicleMode};
 use super::counters::inc;
 use super::errors::{ApiError, html_502, oauth_error};
 use super::fleet::VehicleView;
@@ -153,7 +153,7 @@ async fn gate(
         match limiter.admit(now) {
             Admit::Ok => None,
             Admit::Limited { wait, early } => {
-                let ra = retry_after(now, wait, s.variants.retry_after_http_date);
+                let ra = retry_after(now, wait, s.retry_after_form());
                 if early {
                     inc(&c.calls_before_retry_after);
                 } else if !limiter.in_force(now) {
@@ -437,7 +437,7 @@ fn vehicle_checks(
         let now = Instant::now();
         let mut throttle = lock(&s.vehicle_throttle);
         if let Admit::Limited { wait, early } = throttle.admit(v.index, now, min) {
-            let ra = retry_after(now, wait, s.variants.retry_after_http_date);
+            let ra = retry_after(now, wait, s.retry_after_form());
             if early {
                 inc(&s.counters.calls_before_retry_after);
             } else {
@@ -453,6 +453,15 @@ fn vehicle_checks(
         }
     }
     match v.forced {
+        Some(ForcedError::VehicleRateLimit) if forced_applies => {
+            inc(&s.counters.responses_429_vehicle);
+            let ra = retry_after(Instant::now(), Duration::from_secs(2), s.retry_after_form());
+            Err(Box::new(error(
+                s,
+                rid,
+                ApiError::rate_limit(true, ra.header),
+            )))
+        }
         Some(e) if forced_applies => Err(Box::new(error(s, rid, ApiError::forced(e)))),
         _ => Ok(v),
     }
@@ -518,6 +527,13 @@ async fn get_signals(
     } else {
         s.readings(&v, now_ms, imperial(&headers))
     };
+    if number > 1 && s.take_continuation_failure() {
+        return error(
+            &s,
+            &rid,
+            ApiError::not_found("The requested page was not found."),
+        );
+    }
     let total = readings.len();
     let start = (number - 1).saturating_mul(size).min(total);
     let end = start.saturating_add(size).min(total);
@@ -529,12 +545,25 @@ async fn get_signals(
 
     let vid = ids::fmt_uuid(v.id);
     let base = format!("/vehicles/{vid}/signals");
-    let data: Vec<Value> = page
+    let mut data: Vec<Value> = page
         .iter()
-        .map(|r| shapes::signal(r, now_ms, fmt))
+        .map(|r| shapes::signal(r, now_ms, fmt, &s.variants))
         .collect();
+    if s.variants.overlong_code && number == 1 {
+        data.push(shapes::overlong_signal(now_ms, fmt, false));
+    }
     let links = if paged {
-        let link = |n: usize| format!("{base}?page[number]={n}&page[size]={size}");
+        let host = header_str(&headers, "host").unwrap_or("localhost");
+        let link = |n: usize| {
+            let q = format!("page[number]={n}&page[size]={size}");
+            match s.variants.signals_link {
+                LinkStyle::RootRelative => format!("{base}?{q}"),
+                LinkStyle::ApiPrefixed => format!("/v3{base}?{q}"),
+                LinkStyle::Absolute => format!("http://{host}/v3{base}?{q}"),
+                LinkStyle::ForeignOrigin => format!("http://foreign.invalid/v3{base}?{q}"),
+                LinkStyle::OtherVehicle => format!("/vehicles/not-{vid}/signals?{q}"),
+            }
+        };
         let mut l = json!({"self": link(number)});
         if end < total {
             l["next"] = json!(link(number + 1));
@@ -578,16 +607,19 @@ async fn get_signal(
         Reading {
             def,
             status: Status::Unavailable,
+            meta: super::readings::Meta::Normal,
         }
     } else {
-        Sampler::new(s.seed, v, s.period_ms, imperial(&headers)).reading(def, now_ms)
+        let mut r = Sampler::new(s.seed, v, s.period_ms, imperial(&headers)).reading(def, now_ms);
+        shapes::vary(&s.variants, &mut r, v.index);
+        r
     };
     let readings = [reading];
     s.record(&v, &readings, fmt);
     s.counters
         .signals_served
         .fetch_add(successes(&readings), std::sync::atomic::Ordering::Relaxed);
-    wrap(&s, shapes::signal(&readings[0], now_ms, fmt))
+    wrap(&s, shapes::signal(&readings[0], now_ms, fmt, &s.variants))
 }
 
 /// `DELETE /v3/connections/{id}`: disconnects one vehicle.

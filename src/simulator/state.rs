@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use super::config::{Faults, SimConfig, TimestampFormat, Variants};
+use super::config::{Faults, RetryAfterForm, SimConfig, TimestampFormat, Variants};
 use super::counters::Counters;
 use super::fleet::{Fleet, VehicleView};
 use super::ids::{self, TAG_REQUEST};
@@ -36,6 +36,9 @@ pub(crate) struct Inner {
     pub fleet: RwLock<Fleet>,
     pub served: Mutex<ServedLog>,
     pub counters: Counters,
+    /// Continuation pages of `/signals` still to be failed with 404 (see
+    /// `Simulator::fail_next_signal_pages`).
+    continuation_failures: AtomicU64,
     request_seq: AtomicU64,
     request_salt: u64,
 }
@@ -67,6 +70,7 @@ impl Inner {
             fleet: RwLock::new(Fleet::generate(c.seed, c.users, c.vehicles_per_user)),
             served: Mutex::new(ServedLog::default()),
             counters: Counters::default(),
+            continuation_failures: AtomicU64::new(0),
             request_seq: AtomicU64::new(0),
             request_salt: fastrand::u64(..),
         }
@@ -93,13 +97,38 @@ impl Inner {
         Some((v, fleet.user_id(v.user).to_owned()))
     }
 
+    /// The form of `Retry-After` on 429s.
+    pub(crate) fn retry_after_form(&self) -> RetryAfterForm {
+        if self.variants.retry_after_http_date {
+            RetryAfterForm::HttpDate
+        } else {
+            self.variants.retry_after_form
+        }
+    }
+
     /// Current readings of every signal the vehicle exposes.
     pub(crate) fn readings(&self, v: &VehicleView, now_ms: i64, imperial: bool) -> Vec<Reading> {
         let s = Sampler::new(self.seed, *v, self.period_ms, imperial);
         signal_set(v)
             .into_iter()
-            .map(|d| s.reading(d, now_ms))
+            .map(|d| {
+                let mut r = s.reading(d, now_ms);
+                super::shapes::vary(&self.variants, &mut r, v.index);
+                r
+            })
             .collect()
+    }
+
+    /// Arms the next `n` continuation-page requests (`page[number]` > 1) of `/signals` to fail.
+    pub(crate) fn fail_continuation_pages(&self, n: u64) {
+        self.continuation_failures.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether this continuation-page request must fail (and counts it if so).
+    pub(crate) fn take_continuation_failure(&self) -> bool {
+        self.continuation_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Records served readings (when enabled) at the precision of `fmt`.

@@ -39,7 +39,7 @@ fn envelope(inner: &Inner, event_type: &str, vehicle_id: Option<String>, data: V
             "version": "4.0",
             "webhookId": ids::fmt_uuid(ids::uuid(inner.seed, TAG_WEBHOOK, 0)),
             "deliveryId": ids::random_uuid(),
-            "deliveredAt": now_ms,
+            "deliveredAt": shapes::timestamp(now_ms, inner.variants.webhook_delivered_at),
             "mode": "LIVE",
         },
     });
@@ -60,10 +60,17 @@ pub(crate) fn vehicle_state(
     let now_ms = Utc::now().timestamp_millis();
     let readings = inner.readings(&v, now_ms, false);
     inner.record(&v, &readings, TimestampFormat::EpochMillis);
-    let signals: Vec<Value> = readings
+    let mut signals: Vec<Value> = readings
         .iter()
-        .map(|r| shapes::flat_signal(r, now_ms))
+        .map(|r| shapes::flat_signal(r, now_ms, &inner.variants))
         .collect();
+    if inner.variants.overlong_code {
+        signals.push(shapes::overlong_signal(
+            now_ms,
+            TimestampFormat::EpochMillis,
+            true,
+        ));
+    }
     let triggers: Vec<Value> = readings
         .iter()
         .take(1)

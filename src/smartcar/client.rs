@@ -12,9 +12,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
 use super::auth::{TokenProvider, describe_transport};
-use crate::budget::Budget;
 use super::error::{ApiError, ErrorKind};
 use super::model::{Connection, ConnectionsPage, Signal, SignalsPage, VehicleInfo};
+use crate::budget::Budget;
 
 /// The largest page size seen anywhere; fewer round trips.
 pub const PAGE_SIZE: i64 = 100;
@@ -31,6 +31,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// `live` or `simulated` (`filter[vehicle.mode]`).
     pub vehicle_mode: String,
+    /// The longest wait a `Retry-After` header can impose (`queue.max_retry_after`).
+    pub max_retry_after: Duration,
 }
 
 /// `[rate_limit]`: the application's bucket as Smartcar publishes it, shared by every process
@@ -69,6 +71,22 @@ impl ClientStats {
     }
 }
 
+/// The signals of the pages received before a later page failed, with that failure.
+#[derive(Debug)]
+pub struct PartialSignals {
+    pub received: Vec<Signal>,
+    pub error: ApiError,
+}
+
+impl PartialSignals {
+    fn none(error: ApiError) -> Self {
+        PartialSignals {
+            received: Vec::new(),
+            error,
+        }
+    }
+}
+
 /// The Smartcar v3 client. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Client {
@@ -80,6 +98,7 @@ struct Inner {
     api_url: Url,
     timeout: Duration,
     vehicle_mode: String,
+    max_retry_after: Duration,
     tokens: TokenProvider,
     budget: Option<Arc<Budget>>,
     /// Epoch ms until which the whole application is paused (a 429 `SMARTCAR_API`). Checked
@@ -127,6 +146,7 @@ impl Client {
                 api_url: Url::parse(&base)?,
                 timeout: config.request_timeout,
                 vehicle_mode: config.vehicle_mode,
+                max_retry_after: config.max_retry_after,
                 tokens,
                 budget: rate_limit.map(Budget::new),
                 paused_until_ms: AtomicI64::new(0),
@@ -198,32 +218,80 @@ impl Client {
 
     /// Every signal of a vehicle, following `links.next` when the server pages them.
     pub async fn signals(&self, vehicle_id: &str, user_id: &str) -> Result<Vec<Signal>, ApiError> {
+        self.signals_keeping_partial(vehicle_id, user_id)
+            .await
+            .map_err(|p| p.error)
+    }
+
+    /// [`Client::signals`], handing back the signals of the pages already received when a later
+    /// page fails, so the caller can store them (nothing read is lost).
+    ///
+    /// A continuation page is followed only within the vehicle's own signals path: same origin,
+    /// and the first page's path or a path below it (the query may differ). A root-relative link (`/vehicles/…`)
+    /// is resolved against the API base, as the contract's links are. Anything else would send
+    /// our token elsewhere and is refused. A failure on a continuation page is marked
+    /// [`ApiError::continuation`]: a transient failure of this poll, never the vehicle's status.
+    pub async fn signals_keeping_partial(
+        &self,
+        vehicle_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<Signal>, PartialSignals> {
         const EP: &str = "signals";
-        let mut url = self.url(EP, &format!("vehicles/{}/signals", encode(vehicle_id)))?;
-        let mut out = Vec::new();
+        let first = self
+            .url(EP, &format!("vehicles/{}/signals", encode(vehicle_id)))
+            .map_err(PartialSignals::none)?;
+        let mut url = first.clone();
+        let mut out: Vec<Signal> = Vec::new();
         let mut seen = HashSet::new();
-        for _ in 0..MAX_SIGNAL_PAGES {
-            let (v, request_id) = self.get_json(EP, url.clone(), Some(user_id)).await?;
-            let page = SignalsPage::parse(&v).map_err(|e| malformed(EP, e, request_id.clone()))?;
+        for page_number in 0..MAX_SIGNAL_PAGES {
+            let fail = |out: Vec<Signal>, e: ApiError| PartialSignals {
+                received: out,
+                error: if page_number == 0 {
+                    e
+                } else {
+                    e.on_continuation()
+                },
+            };
+            let (bytes, request_id) = match self.get_bytes(EP, url.clone(), Some(user_id)).await {
+                Ok(r) => r,
+                Err(e) => return Err(fail(out, e)),
+            };
+            let page = match SignalsPage::parse_bytes(&bytes) {
+                Ok(p) => p,
+                Err(e) => return Err(fail(out, malformed(EP, e, request_id))),
+            };
             out.extend(page.signals);
             let Some(next) = page.next else {
                 return Ok(out);
             };
-            let next_url = self.resolve_link(&next).ok_or_else(|| {
-                malformed(
+            let Some(next_url) = self.resolve_link(&next, &first) else {
+                let e = malformed(
                     EP,
-                    format!("links.next {next:?} leaves the API"),
-                    request_id.clone(),
-                )
-            })?;
+                    format!("links.next {next:?} leaves the vehicle's signals"),
+                    request_id,
+                );
+                return Err(PartialSignals {
+                    received: out,
+                    error: e.on_continuation(),
+                });
+            };
             if next_url == url || !seen.insert(next_url.clone()) {
-                return Err(ApiError::new(ErrorKind::Runaway, EP)
+                let e = ApiError::new(ErrorKind::Runaway, EP)
                     .with_detail("links.next repeats a page")
-                    .with_request_id(request_id));
+                    .with_request_id(request_id);
+                return Err(PartialSignals {
+                    received: out,
+                    error: e.on_continuation(),
+                });
             }
             url = next_url;
         }
-        Err(ApiError::new(ErrorKind::Runaway, EP).with_detail("too many signal pages"))
+        Err(PartialSignals {
+            received: out,
+            error: ApiError::new(ErrorKind::Runaway, EP)
+                .with_detail(format!("more than {MAX_SIGNAL_PAGES} signal pages"))
+                .on_continuation(),
+        })
     }
 
     /// `GET /vehicles/{id}`.
@@ -240,18 +308,33 @@ impl Client {
         })
     }
 
-    /// Resolves a `links.next`: absolute, `/v3/…`, or relative to the v3 base as in the
-    /// contract's examples. A link to another origin is refused: it would carry our token away.
-    fn resolve_link(&self, link: &str) -> Option<Url> {
+    /// Resolves a `links.next`: absolute, `/v3/…`, or root-relative to the v3 base as in the
+    /// contract's examples; `None` unless it stays on `first`'s origin and under its path (the
+    /// same list of the same vehicle). Any other link would carry our token away, or page
+    /// through something else.
+    fn resolve_link(&self, link: &str, first: &Url) -> Option<Url> {
         let base = &self.inner.api_url;
+        let link = link.trim();
         let url = if link.starts_with("http://") || link.starts_with("https://") {
             Url::parse(link).ok()?
         } else if link.starts_with(base.path()) {
             base.join(link).ok()?
-        } else {
+        } else if link.starts_with('/') {
             base.join(link.trim_start_matches('/')).ok()?
+        } else {
+            // A link relative to the current page (`signals?page[number]=2`), as a browser
+            // would resolve it.
+            first.join(link).ok()?
         };
-        (url.origin() == base.origin()).then_some(url)
+        // The signals path itself, or below it at a segment boundary (`…/signals/2`), never a
+        // sibling such as `…/signals-other` or another vehicle.
+        let prefix = first.path().trim_end_matches('/');
+        let path = url.path().trim_end_matches('/');
+        let within = path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'));
+        (url.origin() == first.origin() && within && url.fragment().is_none()).then_some(url)
     }
 
     /// GET with the full gate; returns the JSON body and the request id.
@@ -261,6 +344,19 @@ impl Client {
         url: Url,
         user_id: Option<&str>,
     ) -> Result<(Value, Option<String>), ApiError> {
+        let (body, request_id) = self.get_bytes(endpoint, url, user_id).await?;
+        let v = serde_json::from_slice(&body)
+            .map_err(|e| malformed(endpoint, format!("not JSON: {e}"), request_id.clone()))?;
+        Ok((v, request_id))
+    }
+
+    /// GET with the full gate; returns the raw body of a success answer and the request id.
+    async fn get_bytes(
+        &self,
+        endpoint: &'static str,
+        url: Url,
+        user_id: Option<&str>,
+    ) -> Result<(Vec<u8>, Option<String>), ApiError> {
         let inner = &*self.inner;
         let mut reauthenticated = false;
         loop {
@@ -306,10 +402,7 @@ impl Client {
             if status.is_success() {
                 inner.stats.ok.fetch_add(1, Ordering::Relaxed);
                 inner.stats.record(endpoint, "2xx");
-                let v = serde_json::from_slice(&body).map_err(|e| {
-                    malformed(endpoint, format!("not JSON: {e}"), request_id.clone())
-                })?;
-                return Ok((v, request_id));
+                return Ok((body.to_vec(), request_id));
             }
             inner.stats.record(
                 endpoint,
@@ -319,8 +412,14 @@ impl Client {
                     "4xx"
                 },
             );
-            let err =
-                ApiError::from_response(endpoint, status.as_u16(), &headers, &body, Utc::now());
+            let err = ApiError::from_response(
+                endpoint,
+                status.as_u16(),
+                &headers,
+                &body,
+                Utc::now(),
+                inner.max_retry_after,
+            );
             match status {
                 StatusCode::UNAUTHORIZED => {
                     inner.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
@@ -467,5 +566,60 @@ impl ConnectionsPager {
     /// Pages fetched so far.
     pub fn pages_fetched(&self) -> i64 {
         self.page - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smartcar::{SecretSource, TokenConfig};
+
+    #[tokio::test]
+    async fn links_resolve_only_within_the_vehicles_signals() {
+        let http = http_client(Duration::from_secs(1)).unwrap();
+        let secret = SecretSource::value(secrecy::SecretString::from("s".to_owned()));
+        let cfg = TokenConfig::new("http://127.0.0.1:9/token".into(), "id".into(), secret);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tokens = TokenProvider::start(cfg, http.clone(), stop.clone());
+        let client = Client::new(
+            ClientConfig {
+                api_url: "https://api.example/v3".into(),
+                request_timeout: Duration::from_secs(1),
+                vehicle_mode: "live".into(),
+                max_retry_after: Duration::from_secs(3600),
+            },
+            http,
+            tokens,
+            None,
+        )
+        .unwrap();
+        let first = client.url("signals", "vehicles/v1/signals").unwrap();
+        let want = "https://api.example/v3/vehicles/v1/signals?page[number]=2";
+        for link in [
+            "/vehicles/v1/signals?page[number]=2",
+            "/v3/vehicles/v1/signals?page[number]=2",
+            "https://api.example/v3/vehicles/v1/signals?page[number]=2",
+            "signals?page[number]=2",
+        ] {
+            let got = client.resolve_link(link, &first).map(|u| u.to_string());
+            assert_eq!(got.as_deref(), Some(want), "{link}");
+        }
+        assert!(
+            client
+                .resolve_link("/vehicles/v1/signals/2", &first)
+                .is_some()
+        );
+        for link in [
+            "https://evil.example/v3/vehicles/v1/signals?page[number]=2",
+            "http://api.example/v3/vehicles/v1/signals?page[number]=2",
+            "/vehicles/v2/signals?page[number]=2",
+            "/vehicles/v1/signals-all?page[number]=2",
+            "/vehicles/v1?page[number]=2",
+            "/connections?page[number]=2",
+            "/vehicles/v1/signals/../../v2/signals",
+        ] {
+            assert_eq!(client.resolve_link(link, &first), None, "{link}");
+        }
+        stop.cancel();
     }
 }

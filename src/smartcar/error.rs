@@ -83,8 +83,14 @@ pub struct ApiError {
     pub detail: Option<String>,
     /// `SC-Request-Id` header, or the body's request id.
     pub request_id: Option<String>,
-    /// `Retry-After`, resolved to a point in time.
+    /// `resolution.type` (or a bare `resolution` string), e.g. `RETRY_LATER`; for the logs.
+    pub resolution: Option<String>,
+    /// `Retry-After`, resolved to a point in time (capped by `queue.max_retry_after`).
     pub retry_after: Option<DateTime<Utc>>,
+    /// The failure was on a continuation page (`links.next`) of a call whose first page
+    /// answered: whatever it says, it is a transient failure of that call, never a verdict on
+    /// the vehicle (see [`ApiError::action`]).
+    pub continuation: bool,
 }
 
 impl ApiError {
@@ -96,8 +102,16 @@ impl ApiError {
             code: None,
             detail: None,
             request_id: None,
+            resolution: None,
             retry_after: None,
+            continuation: false,
         }
+    }
+
+    /// Marks this failure as one of a continuation page.
+    pub fn on_continuation(mut self) -> Self {
+        self.continuation = true;
+        self
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -111,12 +125,14 @@ impl ApiError {
     }
 
     /// Builds the error for a non-success answer from its status, headers and raw body.
+    /// `max_retry_after` caps the wait a `Retry-After` header can impose.
     pub fn from_response(
         endpoint: &'static str,
         status: u16,
         headers: &HeaderMap,
         body: &[u8],
         now: DateTime<Utc>,
+        max_retry_after: std::time::Duration,
     ) -> Self {
         let mut err = ApiError::new(ErrorKind::Http(status), endpoint);
         match serde_json::from_slice::<Value>(body) {
@@ -133,34 +149,51 @@ impl ApiError {
         if let Some(id) = header_str(headers, "sc-request-id") {
             err.request_id = Some(id.to_owned());
         }
-        err.retry_after =
-            header_str(headers, "retry-after").and_then(|v| parse_retry_after(v, now));
+        err.retry_after = header_str(headers, "retry-after")
+            .and_then(|v| parse_retry_after(v, now, max_retry_after));
         err
     }
 
-    /// Reads the v3 `errors[]` body, the flat v2 body, or an OAuth `error` body.
+    /// Reads every error body shape seen (contract §5). Classification is by HTTP status first
+    /// ([`ApiError::action`]), so each field here is optional:
+    /// - v3 `{"errors": [{status, type?, code?, title?, detail?, resolution?, meta?}]}`, down to
+    ///   the smallest published form `{status, code, title, detail}`;
+    /// - flat v2 `{type, code, description, statusCode, requestId, resolution}`, whose
+    ///   `resolution` is an object, `{"type": null}`, a bare string or null;
+    /// - v1 `{error, message, code}` and OAuth's `{error, error_description}`;
+    /// - a bare JSON string.
     fn read_body(&mut self, v: &Value) {
-        let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         if let Some(first) = v
             .get("errors")
             .and_then(Value::as_array)
             .and_then(|a| a.first())
         {
-            self.error_type = s(first, "type");
-            self.code = s(first, "code");
-            self.detail = s(first, "detail").or_else(|| s(first, "title"));
+            self.error_type = text(first, "type");
+            self.code = text(first, "code");
+            self.detail = text(first, "detail").or_else(|| text(first, "title"));
             self.request_id = first
                 .pointer("/meta/debug/requestId")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-        } else if v.get("type").is_some() || v.get("statusCode").is_some() {
-            self.error_type = s(v, "type");
-            self.code = s(v, "code");
-            self.detail = s(v, "description").or_else(|| s(v, "detail"));
-            self.request_id = s(v, "requestId");
+            self.resolution = resolution(first);
+        } else if v.get("type").is_some()
+            || v.get("statusCode").is_some()
+            || v.get("description").is_some()
+        {
+            self.error_type = text(v, "type");
+            self.code = text(v, "code");
+            self.detail = text(v, "description")
+                .or_else(|| text(v, "detail"))
+                .or_else(|| text(v, "message"));
+            self.request_id = text(v, "requestId");
+            self.resolution = resolution(v);
         } else if v.get("error").is_some() {
-            self.error_type = s(v, "error");
-            self.detail = s(v, "error_description");
+            self.error_type = text(v, "error");
+            self.code = text(v, "code");
+            self.detail = text(v, "error_description").or_else(|| text(v, "message"));
+            self.request_id = text(v, "requestId");
+        } else if let Some(s) = v.as_str() {
+            self.detail = Some(s.chars().take(120).collect());
         }
     }
 
@@ -186,7 +219,23 @@ impl ApiError {
 
     /// The contract's table (§5): what to do about this failure. `now` resolves a 429 that came
     /// without `Retry-After` to a conservative default.
+    ///
+    /// A failure on a continuation page is transient whatever it says: the first page just
+    /// answered for this vehicle, so a 404 or 403 there is the pager's problem (an expired
+    /// cursor, a bad link), not the vehicle's. Waits it asks for (429, app pause, no token) are
+    /// still honoured.
     pub fn action(&self, now: DateTime<Utc>) -> Action {
+        let action = self.status_action(now);
+        if !self.continuation {
+            return action;
+        }
+        match action {
+            Action::Permanent(_) | Action::Bug | Action::Reauthenticate => Action::Retry,
+            other => other,
+        }
+    }
+
+    fn status_action(&self, now: DateTime<Utc>) -> Action {
         let status = match &self.kind {
             ErrorKind::Http(s) => *s,
             ErrorKind::Timeout | ErrorKind::Transport | ErrorKind::Malformed => {
@@ -229,6 +278,24 @@ impl ApiError {
     }
 }
 
+/// A non-empty string or number field as text (`code` is a number in some old bodies).
+fn text(v: &Value, k: &str) -> Option<String> {
+    match v.get(k)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `resolution` as `{"type": "RETRY_LATER"}`, `{"type": null}`, `"RETRY_LATER"` or null.
+fn resolution(v: &Value) -> Option<String> {
+    match v.get("resolution")? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        r @ Value::Object(_) => text(r, "type"),
+        _ => None,
+    }
+}
+
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get(name)
@@ -257,6 +324,12 @@ impl fmt::Display for ApiError {
         if let Some(d) = &self.detail {
             write!(f, ": {d}")?;
         }
+        if let Some(r) = &self.resolution {
+            write!(f, " [resolution {r}]")?;
+        }
+        if self.continuation {
+            write!(f, " (on a continuation page)")?;
+        }
         if let Some(id) = &self.request_id {
             write!(f, " (request id {id})")?;
         }
@@ -281,7 +354,14 @@ mod tests {
         for (k, v) in headers {
             h.insert(*k, HeaderValue::from_str(v).unwrap());
         }
-        ApiError::from_response("signals", status, &h, body.as_bytes(), now())
+        ApiError::from_response(
+            "signals",
+            status,
+            &h,
+            body.as_bytes(),
+            now(),
+            std::time::Duration::from_secs(3600),
+        )
     }
 
     fn v3(status: u16, t: &str, c: &str) -> String {
@@ -386,5 +466,82 @@ mod tests {
             Action::PauseApp(t) => assert!(t > now()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_smallest_v3_body_is_classified_by_status() {
+        let body = r#"{"errors":[{"status":"400","code":"bad_request","title":"Bad Request",
+                      "detail":"page[size] is invalid"}]}"#;
+        let e = err(400, body, &[]);
+        assert_eq!(e.code.as_deref(), Some("bad_request"));
+        assert_eq!(e.detail.as_deref(), Some("page[size] is invalid"));
+        assert_eq!(e.error_type, None);
+        assert_eq!(e.request_id, None);
+        assert_eq!(e.action(now()), Action::Bug);
+        let e = err(
+            404,
+            r#"{"errors":[{"status":"404","code":"not_found","title":"Not Found"}]}"#,
+            &[],
+        );
+        assert_eq!(e.detail.as_deref(), Some("Not Found"));
+        assert_eq!(e.action(now()), Action::Permanent(VehicleProblem::NotFound));
+    }
+
+    #[test]
+    fn every_v2_resolution_shape_and_the_v1_body_are_read() {
+        for (resolution, want) in [
+            (r#"{"type":"RETRY_LATER"}"#, Some("RETRY_LATER")),
+            (r#"{"type":null}"#, None),
+            (r#""RETRY_LATER""#, Some("RETRY_LATER")),
+            ("null", None),
+        ] {
+            let body = format!(
+                r#"{{"type":"VEHICLE_STATE","code":"ASLEEP","description":"asleep","statusCode":409,
+                    "requestId":"r2","resolution":{resolution}}}"#
+            );
+            let e = err(409, &body, &[]);
+            assert_eq!(e.resolution.as_deref(), want, "{resolution}");
+            assert_eq!(e.error_type.as_deref(), Some("VEHICLE_STATE"));
+            assert_eq!(e.request_id.as_deref(), Some("r2"));
+            assert_eq!(e.action(now()), Action::Retry);
+        }
+        let e = err(
+            429,
+            r#"{"error":"rate_limit","message":"Too many requests to this vehicle.","code":"VEHICLE"}"#,
+            &[("retry-after", "3")],
+        );
+        assert_eq!(e.error_type.as_deref(), Some("rate_limit"));
+        assert_eq!(
+            e.detail.as_deref(),
+            Some("Too many requests to this vehicle.")
+        );
+        assert_eq!(
+            e.action(now()),
+            Action::RetryAt(now() + chrono::Duration::seconds(3))
+        );
+        // A numeric code and a bare-string body do not trip the reader.
+        let e = err(500, r#"{"error":"server_error","code":500}"#, &[]);
+        assert_eq!(e.code.as_deref(), Some("500"));
+        let e = err(503, r#""Service Unavailable""#, &[]);
+        assert_eq!(e.detail.as_deref(), Some("Service Unavailable"));
+        assert_eq!(e.action(now()), Action::Retry);
+    }
+
+    #[test]
+    fn a_failed_continuation_page_is_always_transient() {
+        for status in [401, 403, 404, 400, 430, 501] {
+            let e = err(status, &v3(status, "RESOURCE_NOT_FOUND", "PATH"), &[]).on_continuation();
+            assert_eq!(e.action(now()), Action::Retry, "{status}");
+        }
+        let e = err(
+            429,
+            &v3(429, "RATE_LIMIT", "VEHICLE"),
+            &[("retry-after", "7")],
+        )
+        .on_continuation();
+        assert_eq!(
+            e.action(now()),
+            Action::RetryAt(now() + chrono::Duration::seconds(7))
+        );
     }
 }

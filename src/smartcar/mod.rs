@@ -5,7 +5,8 @@
 //!   rate limiter, token, one retry after a 401;
 //! - [`model`]: wire shapes and every variant the public sources disagree on;
 //! - [`error`]: failures classified into the [`Action`] the caller must take;
-//! - [`time`]: the three timestamp formats and `Retry-After`.
+//! - [`time`]: the three timestamp formats, plausible reading times, and `Retry-After` in
+//!   every form it arrives in.
 //!
 //! It knows nothing of the database or the queue.
 
@@ -20,6 +21,6 @@ pub mod model;
 pub mod time;
 
 pub use auth::{AccessToken, SecretSource, TokenConfig, TokenError, TokenProvider};
-pub use client::{Client, ClientConfig, ConnectionsPager, RateLimit};
+pub use client::{Client, ClientConfig, ConnectionsPager, PartialSignals, RateLimit};
 pub use error::{Action, ApiError, ErrorKind, VehicleProblem};
 pub use model::{Connection, ConnectionsPage, Signal, SignalStatus, VehicleInfo};

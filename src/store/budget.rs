@@ -121,7 +121,12 @@ impl Store {
             )
             .await?
             .first()
-            .map(|r| Ok::<_, StoreError>((r.opt_time("throttled_at")?, r.opt_float("factor_at_throttle")?)))
+            .map(|r| {
+                Ok::<_, StoreError>((
+                    r.opt_time("throttled_at")?,
+                    r.opt_float("factor_at_throttle")?,
+                ))
+            })
             .transpose()?;
         tx.commit().await?;
         if !dead.is_empty() {
@@ -209,7 +214,10 @@ impl Store {
             )
             .await?;
         Ok(match row {
-            Some(r) => match (r.opt_time("throttled_at")?, r.opt_float("factor_at_throttle")?) {
+            Some(r) => match (
+                r.opt_time("throttled_at")?,
+                r.opt_float("factor_at_throttle")?,
+            ) {
                 (Some(at), Some(f)) => Some((at, f)),
                 _ => None,
             },

@@ -28,13 +28,23 @@ const SQLITE: Embedded = &[
     ),
     (
         3,
-        "connect_states",
-        include_str!("../../migrations/sqlite/0003_connect_states.sql"),
+        "throttle streak",
+        include_str!("../../migrations/sqlite/0003_throttle_streak.sql"),
     ),
     (
         4,
+        "dashboard units",
+        include_str!("../../migrations/sqlite/0004_dashboard_units.sql"),
+    ),
+    (
+        5,
+        "connect_states",
+        include_str!("../../migrations/sqlite/0005_connect_states.sql"),
+    ),
+    (
+        6,
         "rate_budget",
-        include_str!("../../migrations/sqlite/0004_rate_budget.sql"),
+        include_str!("../../migrations/sqlite/0006_rate_budget.sql"),
     ),
 ];
 
@@ -51,13 +61,23 @@ const POSTGRES: Embedded = &[
     ),
     (
         3,
-        "connect_states",
-        include_str!("../../migrations/postgres/0003_connect_states.sql"),
+        "throttle streak",
+        include_str!("../../migrations/postgres/0003_throttle_streak.sql"),
     ),
     (
         4,
+        "dashboard units",
+        include_str!("../../migrations/postgres/0004_dashboard_units.sql"),
+    ),
+    (
+        5,
+        "connect_states",
+        include_str!("../../migrations/postgres/0005_connect_states.sql"),
+    ),
+    (
+        6,
         "rate_budget",
-        include_str!("../../migrations/postgres/0004_rate_budget.sql"),
+        include_str!("../../migrations/postgres/0006_rate_budget.sql"),
     ),
 ];
 

@@ -74,6 +74,7 @@ mod webhooks;
 pub use audit::TokenAuditRow;
 pub use budget::{BudgetView, DaemonBeat, DaemonRow};
 pub use connect::{ConnectRedemption, StateProof};
+pub use queue::OpenJob;
 pub use webhooks::{VehicleErrorUpdate, WebhookDelivery, WebhookOutcome};
 
 use std::fmt;

@@ -442,7 +442,7 @@ impl Store {
                status_changed_at = CASE WHEN status <> 'connected' THEN $1 \
                                    ELSE status_changed_at END, \
                status = 'connected', status_reason = NULL, status_request_id = NULL, \
-               blocked_until = NULL \
+               blocked_until = NULL, throttle_streak = 0 \
              WHERE vehicle_id = $2",
             args![poll.polled_at, poll.vehicle_id.as_str()],
         )
@@ -710,5 +710,123 @@ impl Store {
 
     pub(crate) fn backend(&self) -> Backend {
         self.pool.backend()
+    }
+}
+
+/// An open job, as `sync-once` reports the ones it leaves behind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenJob {
+    pub id: i64,
+    pub kind: String,
+    /// The vehicle of a poll, the user of a sync, empty for discovery.
+    pub subject: String,
+    pub state: String,
+    /// When it may run next.
+    pub run_at: DateTime<Utc>,
+    /// Why it waits: the note of its last deferral, else its last error.
+    pub reason: Option<String>,
+}
+
+impl Store {
+    /// Defers a claimed poll after a 429 `RATE_LIMIT`/`VEHICLE`, WITHOUT using an attempt, and
+    /// counts the answer in the vehicle's `throttle_streak` — one transaction. `run_at` gets the
+    /// new streak (1 for the first 429 since the last successful poll) and returns when the
+    /// job may run again. Returns the streak and that time.
+    pub async fn defer_throttled(
+        &self,
+        job: &Job,
+        vehicle_id: &str,
+        run_at: impl FnOnce(i64) -> DateTime<Utc>,
+        note: &str,
+    ) -> Result<(i64, DateTime<Utc>), StoreError> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let rows = tx
+            .all(
+                "UPDATE vehicles SET throttle_streak = throttle_streak + 1 \
+                 WHERE vehicle_id = $1 RETURNING throttle_streak",
+                args![vehicle_id],
+            )
+            .await?;
+        let streak = match rows.first() {
+            Some(r) => r.int("throttle_streak")?,
+            None => 1,
+        };
+        let at = run_at(streak);
+        let n = tx
+            .exec(
+                concat!(
+                    "UPDATE jobs SET state = 'pending', run_at = $1, lease_until = NULL, \
+                     note = $2, updated_at = $3",
+                    fenced!("$4", "$5")
+                ),
+                args![at, note, now, job.id, job.lease_owner.as_str()],
+            )
+            .await?;
+        fence(job, n)?;
+        tx.commit().await?;
+        Ok((streak, at))
+    }
+
+    /// A vehicle's consecutive 429 `RATE_LIMIT`/`VEHICLE` count (0 if unknown).
+    pub async fn throttle_streak(&self, vehicle_id: &str) -> Result<i64, StoreError> {
+        let row = self
+            .pool
+            .opt(
+                "SELECT throttle_streak FROM vehicles WHERE vehicle_id = $1",
+                args![vehicle_id],
+            )
+            .await?;
+        row.map(|r| r.int("throttle_streak"))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Every signal's latest status, by vehicle and code (for `status` views and tests).
+    pub async fn list_signal_statuses(&self) -> Result<Vec<SignalState>, StoreError> {
+        let rows = self
+            .pool
+            .all(
+                "SELECT vehicle_id, code, status, error_type, error_code, observed_at \
+                 FROM signal_status ORDER BY vehicle_id, code",
+                args![],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SignalState {
+                    vehicle_id: r.text("vehicle_id")?,
+                    code: r.text("code")?,
+                    status: r.text("status")?,
+                    error_type: r.opt_text("error_type")?,
+                    error_code: r.opt_text("error_code")?,
+                    observed_at: r.time("observed_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Open (pending or running) jobs, soonest first, at most `limit`.
+    pub async fn open_job_list(&self, limit: i64) -> Result<Vec<OpenJob>, StoreError> {
+        let rows = self
+            .pool
+            .all(
+                "SELECT id, kind, subject, state, run_at, note, last_error FROM jobs \
+                 WHERE state IN ('pending', 'running') ORDER BY run_at, id LIMIT $1",
+                args![limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OpenJob {
+                    id: r.int("id")?,
+                    kind: r.text("kind")?,
+                    subject: r.text("subject")?,
+                    state: r.text("state")?,
+                    run_at: r.time("run_at")?,
+                    reason: r.opt_text("note")?.or(r.opt_text("last_error")?),
+                })
+            })
+            .collect()
     }
 }

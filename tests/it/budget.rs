@@ -61,7 +61,11 @@ async fn live_processes_are_counted_and_a_dead_ones_jobs_are_retaken_at_once() {
             .claim("bbbb", later, Duration::from_secs(120), 1)
             .await
             .unwrap();
-        assert_eq!(retaken.len(), 1, "{b}: retaken 6 s after the death, not 120");
+        assert_eq!(
+            retaken.len(),
+            1,
+            "{b}: retaken 6 s after the death, not 120"
+        );
         assert_eq!(retaken[0].id, claimed[0].id);
         // Fenced: the "dead" one, had it only been slow, can no longer complete it.
         assert!(store.complete(&claimed[0]).await.is_err(), "{b}");
@@ -118,7 +122,10 @@ async fn a_running_daemon_heartbeats_and_shows_its_share() {
     .await;
     assert!(split, "both see two live processes");
     let s = one.client.budget().unwrap().snapshot();
-    assert!((s.own_per_minute - 600.0 * 0.98 / 2.0).abs() < 0.01, "{s:?}");
+    assert!(
+        (s.own_per_minute - 600.0 * 0.98 / 2.0).abs() < 0.01,
+        "{s:?}"
+    );
     assert_eq!(s.own_burst, 2, "{s:?}");
     // Stopping deregisters: the row is gone at once.
     shutdown.cancel();

@@ -43,6 +43,7 @@ fn client_for(sim: &Simulator) -> Client {
             api_url: sim.api_url(),
             request_timeout: Duration::from_secs(2),
             vehicle_mode: "live".into(),
+            max_retry_after: Duration::from_secs(3600),
         },
         http(),
         tokens,
@@ -289,6 +290,7 @@ async fn stub(api: Router) -> (Client, tokio::task::JoinHandle<()>) {
             api_url: format!("{base}/v3"),
             request_timeout: Duration::from_secs(2),
             vehicle_mode: "live".into(),
+            max_retry_after: Duration::from_secs(3600),
         },
         http(),
         tokens,
@@ -368,6 +370,31 @@ async fn the_client_reads_every_variant_the_simulator_can_produce() {
         retry_after_http_date: true,
         ..Variants::default()
     });
+    cases.push(Variants {
+        precise_values: true,
+        camel_case_codes: true,
+        unit_aliases: true,
+        legacy_soc_body: true,
+        overlong_code: true,
+        error_body: ErrorBodyVariant::V3Minimal,
+        ..Variants::default()
+    });
+    cases.push(Variants {
+        error_body: ErrorBodyVariant::V1,
+        signals_page_size: Some(5),
+        signals_link: smartcar_sync::simulator::LinkStyle::Absolute,
+        ..Variants::default()
+    });
+    for error_body in [
+        ErrorBodyVariant::V2ResolutionTypeNull,
+        ErrorBodyVariant::V2ResolutionString,
+        ErrorBodyVariant::V2ResolutionNull,
+    ] {
+        cases.push(Variants {
+            error_body,
+            ..Variants::default()
+        });
+    }
     for variants in cases {
         let sim = support::simulator(SimConfig {
             users: 2,
@@ -493,5 +520,79 @@ async fn secrets_and_tokens_never_show_in_debug_output() {
     assert!(!shown.contains(&issued[0]), "{shown}");
     assert!(!shown.contains(SECRET), "{shown}");
     assert!(shown.contains(&token.fingerprint));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn links_next_is_followed_only_within_the_vehicles_own_signals() {
+    use smartcar_sync::simulator::LinkStyle;
+    for (style, followed) in [
+        (LinkStyle::RootRelative, true),
+        (LinkStyle::ApiPrefixed, true),
+        (LinkStyle::Absolute, true),
+        (LinkStyle::ForeignOrigin, false),
+        (LinkStyle::OtherVehicle, false),
+    ] {
+        let sim = support::simulator(SimConfig {
+            users: 1,
+            vehicles_per_user: 1,
+            variants: Variants {
+                signals_page_size: Some(4),
+                signals_link: style,
+                ..Variants::default()
+            },
+            ..SimConfig::default()
+        })
+        .await;
+        let client = client_for(&sim);
+        let user = sim.user_ids()[0].clone();
+        let v = sim.vehicles_of(&user)[0].clone();
+        let result = client.signals_keeping_partial(&v, &user).await;
+        if followed {
+            let signals = result.unwrap_or_else(|p| panic!("{style:?}: {}", p.error));
+            assert!(signals.len() > 4, "{style:?}: every page read");
+            assert!(sim.counters().signals_calls > 1);
+        } else {
+            let partial = result.expect_err("a link off the vehicle's signals is refused");
+            assert_eq!(partial.received.len(), 4, "{style:?}: page 1 handed back");
+            assert!(partial.error.continuation, "{style:?}");
+            assert_eq!(partial.error.action(chrono::Utc::now()), Action::Retry);
+            assert_eq!(
+                sim.counters().signals_calls,
+                1,
+                "{style:?}: the link was not followed"
+            );
+        }
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_404_on_a_continuation_page_is_transient_and_hands_back_the_first_page() {
+    let sim = support::simulator(SimConfig {
+        users: 1,
+        vehicles_per_user: 1,
+        variants: Variants {
+            signals_page_size: Some(4),
+            ..Variants::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    sim.fail_next_signal_pages(1);
+    let client = client_for(&sim);
+    let user = sim.user_ids()[0].clone();
+    let v = sim.vehicles_of(&user)[0].clone();
+    let partial = client
+        .signals_keeping_partial(&v, &user)
+        .await
+        .expect_err("page 2 fails");
+    assert_eq!(partial.error.status(), Some(404));
+    assert_eq!(partial.received.len(), 4);
+    // A 404 on page 1 means the vehicle is gone; on page 2 it is the pager's problem.
+    assert_eq!(partial.error.action(chrono::Utc::now()), Action::Retry);
+    assert!(partial.error.to_string().contains("continuation"));
+    // The next try reads everything.
+    assert!(client.signals(&v, &user).await.unwrap().len() > 4);
     sim.shutdown().await;
 }

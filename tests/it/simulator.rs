@@ -1454,3 +1454,210 @@ async fn a_fleet_of_100k_vehicles_starts_fast_and_pages() {
     assert_eq!(s.status, StatusCode::OK);
     sim.shutdown().await;
 }
+
+fn signal_list(r: &Resp) -> Vec<Value> {
+    r.body["data"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn payload_variants_shape_the_signals_as_flagged() {
+    let sim = start(SimConfig {
+        users: 1,
+        vehicles_per_user: 3,
+        variants: Variants {
+            precise_values: true,
+            camel_case_codes: true,
+            unit_aliases: true,
+            legacy_soc_body: true,
+            empty_meta: true,
+            out_of_range_times: true,
+            overlong_code: true,
+            ..Variants::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let api = Api::new(&sim).await;
+    let user = sim.user_ids()[0].clone();
+    let mut codes = HashSet::new();
+    for v in sim.vehicles_of(&user) {
+        let r = api.signals(&sim, &v).await;
+        assert_eq!(r.status, StatusCode::OK);
+        for s in signal_list(&r) {
+            let a = &s["attributes"];
+            let code = a["code"].as_str().unwrap().to_owned();
+            assert_eq!(s["id"], a["code"]);
+            match code.as_str() {
+                "odometerTraveledDistance" => {
+                    assert_eq!(a["body"]["unit"], "km");
+                    let x = a["body"]["value"].as_f64().unwrap();
+                    let e = format!("{x:e}");
+                    let digits = e.split('e').next().unwrap().replace(['.', '-'], "");
+                    assert_eq!(digits.len(), 17, "{x}");
+                }
+                "tractionBatteryStateOfCharge" => {
+                    assert!(a["body"]["percentage"].is_number(), "{a}");
+                    assert!(a["body"].get("value").is_none());
+                }
+                "closureIsLocked" => assert_eq!(s["meta"], json!({})),
+                "lowVoltageBatteryStateOfCharge" => {
+                    let t = &s["meta"]["oemUpdatedAt"];
+                    assert!(
+                        t.is_string()
+                            || t.as_i64().is_some_and(|n| n > 1_000_000_000_000_000 / 1000),
+                        "{t}"
+                    );
+                }
+                _ => {}
+            }
+            codes.insert(code);
+        }
+    }
+    assert!(codes.contains("odometerTraveledDistance"), "{codes:?}");
+    assert!(codes.iter().any(|c| c.len() > 64), "the overlong code");
+    assert!(codes.iter().all(|c| !c.contains('-') || c.len() > 64));
+    // Readings with an odd meta are not recorded as served; the others are, in kebab-case.
+    let served = sim.served_readings();
+    assert!(!served.is_empty());
+    assert!(served.iter().all(|r| r.code != "closure-islocked"
+        && r.code != "lowvoltagebattery-stateofcharge"
+        && r.code.contains('-')));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn error_body_variants_render_as_flagged() {
+    for (variant, check) in [
+        (ErrorBodyVariant::V3Minimal, "v3-minimal"),
+        (ErrorBodyVariant::V2ResolutionTypeNull, "type-null"),
+        (ErrorBodyVariant::V2ResolutionString, "string"),
+        (ErrorBodyVariant::V2ResolutionNull, "null"),
+        (ErrorBodyVariant::V1, "v1"),
+    ] {
+        let sim = start(with_variants(Variants {
+            error_body: variant,
+            ..Variants::default()
+        }))
+        .await;
+        let api = Api::new(&sim).await;
+        let (_, v) = first_vehicle(&sim);
+        sim.force_vehicle_error(&v, Some(ForcedError::Asleep));
+        let r = api.signals(&sim, &v).await;
+        assert_eq!(r.status, StatusCode::CONFLICT);
+        let b = &r.body;
+        match check {
+            "v3-minimal" => {
+                let e = &b["errors"][0];
+                assert_eq!(e["status"], "409");
+                assert_eq!(e["code"], "asleep");
+                assert!(e.get("type").is_none() && e.get("resolution").is_none());
+                assert!(e.get("meta").is_none());
+            }
+            "type-null" => assert_eq!(b["resolution"], json!({"type": null})),
+            "string" => assert_eq!(b["resolution"], "RETRY_LATER"),
+            "null" => assert!(b["resolution"].is_null() && b.get("resolution").is_some()),
+            _ => {
+                assert_eq!(b["error"], "vehicle_state");
+                assert_eq!(b["code"], "ASLEEP");
+                assert!(b["message"].is_string());
+            }
+        }
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_forced_vehicle_rate_limit_answers_429_with_retry_after_in_each_form() {
+    use smartcar_sync::simulator::RetryAfterForm;
+    for form in [
+        RetryAfterForm::Seconds,
+        RetryAfterForm::HttpDate,
+        RetryAfterForm::EpochMillis,
+        RetryAfterForm::EpochSeconds,
+    ] {
+        let sim = start(with_variants(Variants {
+            retry_after_form: form,
+            ..Variants::default()
+        }))
+        .await;
+        let api = Api::new(&sim).await;
+        let (_, v) = first_vehicle(&sim);
+        sim.force_vehicle_error(&v, Some(ForcedError::VehicleRateLimit));
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for _ in 0..2 {
+            let r = api.signals(&sim, &v).await;
+            assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(r.body["errors"][0]["code"], "VEHICLE");
+            let ra = r.headers["retry-after"].to_str().unwrap().to_owned();
+            match form {
+                RetryAfterForm::Seconds => assert_eq!(ra, "2"),
+                RetryAfterForm::HttpDate => assert!(ra.ends_with(" GMT"), "{ra}"),
+                RetryAfterForm::EpochMillis => {
+                    let at: i64 = ra.parse().unwrap();
+                    assert!((now_ms + 1_500..now_ms + 3_000).contains(&at), "{ra}");
+                }
+                RetryAfterForm::EpochSeconds => {
+                    let at: i64 = ra.parse().unwrap();
+                    assert!((now_ms / 1000 + 1..now_ms / 1000 + 4).contains(&at), "{ra}");
+                }
+            }
+        }
+        assert_eq!(sim.counters().responses_429_vehicle, 2);
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn continuation_pages_can_be_failed_and_links_styled() {
+    use smartcar_sync::simulator::LinkStyle;
+    let sim = start(with_variants(Variants {
+        signals_page_size: Some(4),
+        signals_link: LinkStyle::OtherVehicle,
+        ..Variants::default()
+    }))
+    .await;
+    let api = Api::new(&sim).await;
+    let (user, v) = first_vehicle(&sim);
+    let r = api.signals(&sim, &v).await;
+    let next = r.body["links"]["next"].as_str().unwrap().to_owned();
+    assert!(
+        next.starts_with(&format!("/vehicles/not-{v}/signals?")),
+        "{next}"
+    );
+    sim.fail_next_signal_pages(1);
+    let page2 = format!("/vehicles/{v}/signals?page[number]=2&page[size]=4");
+    let r = api.get(&page2, Some(&user)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api.get(&page2, Some(&user)).await;
+    assert_eq!(r.status, StatusCode::OK, "only the next one fails");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn webhook_variants_carry_fetched_at_and_delivered_at_as_flagged() {
+    for (fmt, check) in [
+        (TimestampFormat::EpochMillis, 0),
+        (TimestampFormat::EpochSeconds, 1),
+        (TimestampFormat::Iso8601, 2),
+    ] {
+        let sim = start(with_variants(Variants {
+            webhook_fetched_at: true,
+            webhook_delivered_at: fmt,
+            ..Variants::default()
+        }))
+        .await;
+        let (_, v) = first_vehicle(&sim);
+        let body: Value = serde_json::from_slice(&sim.vehicle_state_webhook(&v).unwrap()).unwrap();
+        let delivered = &body["meta"]["deliveredAt"];
+        match check {
+            0 => assert!(delivered.as_i64().unwrap() > 100_000_000_000),
+            1 => assert!(delivered.as_i64().unwrap() < 100_000_000_000),
+            _ => assert!(delivered.as_str().unwrap().ends_with('Z')),
+        }
+        for s in body["data"]["signals"].as_array().unwrap() {
+            assert!(s["meta"].get("retrievedAt").is_none(), "{s}");
+            assert!(s["meta"]["fetchedAt"].is_i64(), "{s}");
+        }
+        sim.shutdown().await;
+    }
+}
