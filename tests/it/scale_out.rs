@@ -43,7 +43,7 @@ async fn assert_samples_match_served(store: &Store, sim: &Simulator, what: &str)
     }
 }
 
-/// Done jobs per (kind, subject), and the processes (lease owners' pids) that ran them.
+/// Done jobs per (kind, subject), and the processes (the daemon id prefixing each lease) that ran them.
 async fn done_jobs(url: &str) -> (BTreeMap<(String, String), i64>, HashSet<String>, i64) {
     let pool = sqlx::PgPool::connect(url).await.unwrap();
     let rows = sqlx::query(
@@ -57,7 +57,7 @@ async fn done_jobs(url: &str) -> (BTreeMap<(String, String), i64>, HashSet<Strin
         .map(|r| ((r.get("kind"), r.get("subject")), r.get("n")))
         .collect();
     let owners: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT split_part(lease_owner, '-', 1) FROM jobs")
+        sqlx::query_scalar("SELECT DISTINCT split_part(lease_owner, ':', 1) FROM jobs")
             .fetch_all(&pool)
             .await
             .unwrap();
