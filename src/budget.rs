@@ -9,7 +9,8 @@
 //!    keeps [`RATE_HEADROOM`] of the rate and [`BURST_HEADROOM`] of the burst (chosen by
 //!    measurement, `cargo bench --bench budget`; see the README).
 //! 2. **Several processes.** Every `run` daemon and `sync-once` on one database heartbeats a
-//!    row (`daemons`) every [`HEARTBEAT`]; the live ones split the rate and the burst evenly. A
+//!    row (`daemons`) every [`HEARTBEAT`]; the live ones split the rate and the burst evenly (a
+//!    starting process waits one heartbeat, [`join`], so the others count it first). A
 //!    process that stops heartbeating for [`STALE_AFTER`] is dead: its share returns to the
 //!    others at their next heartbeat, and its running jobs are handed back at once (fenced, so
 //!    nothing it might still write counts).
@@ -36,7 +37,7 @@ use crate::smartcar::RateLimit;
 use crate::store::{BudgetView, DaemonBeat, Store};
 
 /// Share of the configured rate the daemons send at, all together.
-pub const RATE_HEADROOM: f64 = 0.98;
+pub const RATE_HEADROOM: f64 = 0.99;
 /// Share of the configured burst the daemons may spend at once, all together.
 pub const BURST_HEADROOM: f64 = 0.5;
 /// After a throttle, the rate drops to this fraction of the rate it happened at…
@@ -274,6 +275,22 @@ impl Identity {
                 .unwrap_or_else(|_| "unknown".to_owned()),
             started_at: Utc::now(),
         }
+    }
+}
+
+/// Joins the processes sharing the budget, before this one sends anything: registers, waits one
+/// heartbeat (and a little) so that every other process counts it at its next heartbeat, then
+/// takes its share. Without the wait, two processes starting together would each send at the
+/// whole rate for up to a second, and the 429s that follow cost far more than the wait.
+pub async fn join(store: &Store, id: &Identity, budget: &Budget) {
+    if store.heartbeat(&budget.beat(id), Utc::now(), STALE_AFTER).await.is_err() {
+        return; // the heartbeat loop keeps trying; meanwhile the lone-process share applies
+    }
+    tokio::time::sleep(HEARTBEAT + Duration::from_millis(250)).await;
+    let now = Utc::now();
+    match store.heartbeat(&budget.beat(id), now, STALE_AFTER).await {
+        Ok(view) => apply(budget, &view, now),
+        Err(e) => tracing::warn!(error = %e, "heartbeat failed; starting with the whole rate"),
     }
 }
 

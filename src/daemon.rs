@@ -205,6 +205,9 @@ impl Daemon {
         let http_secrets = Arc::new(HttpSecrets::from_config(&config));
         let http_limits = Arc::new(ServerLimits::from_config(&config.http));
         let identity = Identity::new(kind);
+        if let Some(budget) = client.budget() {
+            crate::budget::join(&store, &identity, budget).await;
+        }
         let wake = Arc::new(Notify::new());
         let tracker = TaskTracker::new();
         tracker.spawn(crate::budget::heartbeat_loop(

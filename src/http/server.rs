@@ -15,6 +15,8 @@
 //!   rather than left in the kernel's backlog, where it would hold a descriptor and time out
 //!   anyway. The cap also stays under the process's open-file limit, which start-up raises to
 //!   its hard maximum, with room left for the database, the API client and the log.
+//! - **Memory comes back**: after a flood of connections has drained, freed memory is handed back
+//!   to the system (glibc keeps it in its arenas otherwise): see [`trim_after_floods`].
 //! - **Shutdown**: the listener closes, requests in flight are answered (a webhook being stored
 //!   is not cut), and connections still open after 10 s are dropped.
 
@@ -99,6 +101,41 @@ fn fit_to_fd_limit(wanted: usize) -> usize {
     wanted
 }
 
+/// Open connections at which a later drop counts as a flood having drained.
+const FLOOD: usize = 256;
+
+/// Every 5 s: when the connections open have fallen to under half of the most seen since the
+/// last trim, and that was a flood ([`FLOOD`] or more), returns freed heap memory to the
+/// system. Thousands of connections each leave buffers behind in glibc's arenas; without this
+/// the process would keep their memory after they are gone.
+async fn trim_after_floods(connections: Arc<Semaphore>, max: usize, shutdown: CancellationToken) {
+    let mut peak = 0;
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let open = max.saturating_sub(connections.available_permits());
+        peak = peak.max(open);
+        if peak >= FLOOD && open < peak / 2 {
+            release_free_memory();
+            tracing::info!(peak, open, "connection flood drained: freed memory returned");
+            peak = open;
+        }
+    }
+}
+
+/// Returns free heap memory to the system (glibc's `malloc_trim`); a no-op elsewhere.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists; it takes no
+    // pointers from us and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Serves `router` on `listener` within `limits` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -114,6 +151,11 @@ pub async fn serve(
         // headers are a few hundred bytes. Small, because every held connection has one.
         .max_buf_size(16 * 1024);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::spawn(trim_after_floods(
+        connections.clone(),
+        limits.max_connections,
+        shutdown.clone(),
+    ));
     let graceful = GracefulShutdown::new();
     let refused = AtomicU64::new(0);
     loop {

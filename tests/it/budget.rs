@@ -123,7 +123,7 @@ async fn a_running_daemon_heartbeats_and_shows_its_share() {
     assert!(split, "both see two live processes");
     let s = one.client.budget().unwrap().snapshot();
     assert!(
-        (s.own_per_minute - 600.0 * 0.98 / 2.0).abs() < 0.01,
+        (s.own_per_minute - 600.0 * smartcar_sync::budget::RATE_HEADROOM / 2.0).abs() < 0.01,
         "{s:?}"
     );
     assert_eq!(s.own_burst, 2, "{s:?}");
