@@ -104,7 +104,8 @@ struct Shape {
 /// This process's limiter and counters. Cheap to share (`Arc`).
 pub struct Budget {
     configured: RateLimit,
-    limiter: RwLock<Arc<DefaultDirectRateLimiter>>,
+    /// The limiter in force and its generation (bumped on every replacement).
+    limiter: RwLock<(u64, Arc<DefaultDirectRateLimiter>)>,
     shape: Mutex<Shape>,
     calls: AtomicU64,
     throttled_app: AtomicU64,
@@ -152,7 +153,7 @@ impl Budget {
         let first = limiter(rate, burst, false);
         Arc::new(Budget {
             configured,
-            limiter: RwLock::new(Arc::new(first)),
+            limiter: RwLock::new((0, Arc::new(first))),
             shape: Mutex::new(Shape {
                 factor: 1.0,
                 live: 1,
@@ -165,14 +166,22 @@ impl Budget {
         })
     }
 
-    /// Waits for this process's next token.
+    /// Waits for this process's next token. A call that waited on a limiter replaced meanwhile
+    /// waits again on the new one: otherwise the old limiter's waiters and the new limiter's
+    /// callers would both be let through, a burst the server answers with 429s.
     pub async fn acquire(&self) {
-        let current = self
-            .limiter
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        current.until_ready().await;
+        loop {
+            let (generation, current) = self
+                .limiter
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            current.until_ready().await;
+            let now = self.limiter.read().unwrap_or_else(|e| e.into_inner()).0;
+            if now == generation {
+                break;
+            }
+        }
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -213,8 +222,8 @@ impl Budget {
             throttled,
         };
         if (rate - old_rate).abs() > old_rate * 0.01 || burst != old_burst {
-            *self.limiter.write().unwrap_or_else(|e| e.into_inner()) =
-                Arc::new(limiter(rate, burst, true));
+            let mut current = self.limiter.write().unwrap_or_else(|e| e.into_inner());
+            *current = (current.0 + 1, Arc::new(limiter(rate, burst, true)));
         }
     }
 
@@ -365,9 +374,10 @@ impl Budget {
         };
         Budget {
             configured: unlimited,
-            limiter: RwLock::new(Arc::new(RateLimiter::direct(Quota::per_second(
-                NonZeroU32::MAX,
-            )))),
+            limiter: RwLock::new((
+                0,
+                Arc::new(RateLimiter::direct(Quota::per_second(NonZeroU32::MAX))),
+            )),
             shape: Mutex::new(Shape {
                 factor: 1.0,
                 live: 1,
