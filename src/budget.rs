@@ -292,7 +292,11 @@ impl Identity {
 /// takes its share. Without the wait, two processes starting together would each send at the
 /// whole rate for up to a second, and the 429s that follow cost far more than the wait.
 pub async fn join(store: &Store, id: &Identity, budget: &Budget) {
-    if store.heartbeat(&budget.beat(id), Utc::now(), STALE_AFTER).await.is_err() {
+    if store
+        .heartbeat(&budget.beat(id), Utc::now(), STALE_AFTER)
+        .await
+        .is_err()
+    {
         return; // the heartbeat loop keeps trying; meanwhile the lone-process share applies
     }
     tokio::time::sleep(HEARTBEAT + Duration::from_millis(250)).await;

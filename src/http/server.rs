@@ -120,7 +120,11 @@ async fn trim_after_floods(connections: Arc<Semaphore>, max: usize, shutdown: Ca
         peak = peak.max(open);
         if peak >= FLOOD && open < peak / 2 {
             release_free_memory();
-            tracing::info!(peak, open, "connection flood drained: freed memory returned");
+            tracing::info!(
+                peak,
+                open,
+                "connection flood drained: freed memory returned"
+            );
             peak = open;
         }
     }
