@@ -23,7 +23,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{BenchDb, DaemonConfig, Res, Table};
-use smartcar_sync::simulator::{Bucket, Faults, SimConfig, Simulator};
+use smartcar_sim::{Bucket, Faults, SimConfig, Simulator};
 
 const USERS: usize = 600;
 const VPU: usize = 2;

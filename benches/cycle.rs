@@ -23,7 +23,7 @@ mod common;
 use std::time::Duration;
 
 use common::{BenchDb, DaemonConfig, Res, Table, mib};
-use smartcar_sync::simulator::{Bucket, SimConfig};
+use smartcar_sim::{Bucket, SimConfig};
 use smartcar_sync::smartcar::client::PAGE_SIZE;
 
 #[derive(Clone, Debug)]

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::{BenchDb, DaemonConfig, Res, Table};
-use smartcar_sync::simulator::{Bucket, Faults, SimConfig, Simulator};
+use smartcar_sim::{Bucket, Faults, SimConfig, Simulator};
 use smartcar_sync::store::Store;
 
 #[tokio::main]

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{DaemonConfig, Res, Table};
-use smartcar_sync::simulator::{Bucket, Faults, SimConfig};
+use smartcar_sim::{Bucket, Faults, SimConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -104,6 +104,8 @@ macro_rules! out {
         writeln!(std::io::stdout().lock(), $($arg)*)
     }};
 }
+// The demo prints through it too (feature `simulator`).
+#[cfg_attr(not(feature = "simulator"), allow(unused_imports))]
 pub(crate) use out;
 
 /// Whether `e` is (caused by) writing to a closed pipe.
@@ -156,9 +158,11 @@ pub enum Command {
     /// Validate every configuration key, then check the credentials with a token request.
     CheckConfig,
     /// Start the simulator and the daemon against it with a local SQLite file; print a summary.
+    #[cfg(feature = "simulator")]
     Demo(crate::demo::DemoArgs),
-    /// Run the Smartcar v3 simulator.
-    Simulate(crate::simulator::SimArgs),
+    /// Run the Smartcar v3 simulator (also the `smartcar-sim` binary).
+    #[cfg(feature = "simulator")]
+    Simulate(smartcar_sim::SimArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,10 +191,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         None => (PathBuf::from("config.toml"), false),
     };
     // The simulator and the demo bring their own configuration.
+    #[cfg(feature = "simulator")]
     match cli.command {
         Command::Simulate(args) => {
             crate::telemetry::init(crate::config::LogFormat::Text, "info");
-            return report(crate::simulator::run_cli(args).await);
+            return report(smartcar_sim::run_cli(args).await);
         }
         Command::Demo(args) => return report(crate::demo::run(args).await),
         _ => {}
@@ -216,6 +221,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(config).await,
         Command::ConnectUrl => connect_url(config).await,
         Command::CheckConfig => return check_config(config).await,
+        #[cfg(feature = "simulator")]
         Command::Demo(_) | Command::Simulate(_) => Ok(ExitCode::SUCCESS),
     };
     match result {
@@ -233,6 +239,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+#[cfg(feature = "simulator")]
 fn report(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,

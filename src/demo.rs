@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::out;
 use crate::config::{Config, LogFormat};
 use crate::daemon::Daemon;
-use crate::simulator::{Bucket, Faults, SimConfig, Simulator};
+use smartcar_sim::{Bucket, Faults, SimConfig, Simulator};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {

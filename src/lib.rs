@@ -4,12 +4,15 @@
 //! worker pool ([`queue`]) claims them under a lease and runs them ([`jobs`]) through the
 //! rate-limited Smartcar client ([`smartcar`]), whose single-flight token provider keeps one
 //! application token fresh. The effect and the job's bookkeeping commit in one transaction.
-//! [`simulator`] is a faithful fake of the v3 API for tests, the demo and benchmarks.
+//! The simulator of the v3 API that tests, the demo and benchmarks run against is its own crate,
+//! `smartcar-sim` (`crates/smartcar-sim`); the `demo` and `simulate` commands need the default
+//! feature `simulator`.
 
 pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "simulator")]
 pub mod demo;
 pub mod events;
 pub mod http;
@@ -17,7 +20,6 @@ pub mod ids;
 pub mod jobs;
 pub mod queue;
 pub mod schedule;
-pub mod simulator;
 pub mod smartcar;
 pub mod store;
 pub mod telemetry;

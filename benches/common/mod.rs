@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use smartcar_sync::simulator::{SimConfig, Simulator};
+use smartcar_sim::{SimConfig, Simulator};
 use smartcar_sync::store::{Store, StoreOptions};
 
 /// The secret the simulator accepts and the daemon gets through its environment.

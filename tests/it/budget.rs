@@ -103,7 +103,7 @@ async fn a_throttle_storm_is_recorded_once() {
 #[tokio::test]
 async fn a_running_daemon_heartbeats_and_shows_its_share() {
     let db = crate::support::TestDb::sqlite().await;
-    let sim = support::simulator(smartcar_sync::simulator::SimConfig::default()).await;
+    let sim = support::simulator(smartcar_sim::SimConfig::default()).await;
     let mut config = support::config(&sim, &db.url);
     config.rate_limit.requests_per_minute = 600;
     config.rate_limit.burst = 10;

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use secrecy::SecretString;
 use serde_json::json;
-use smartcar_sync::simulator::{
+use smartcar_sim::{
     ErrorBodyVariant, Faults, ForcedError, PagingVariant, SimConfig, Simulator, TimestampFormat,
     UserIdLocation, Variants,
 };
@@ -382,7 +382,7 @@ async fn the_client_reads_every_variant_the_simulator_can_produce() {
     cases.push(Variants {
         error_body: ErrorBodyVariant::V1,
         signals_page_size: Some(5),
-        signals_link: smartcar_sync::simulator::LinkStyle::Absolute,
+        signals_link: smartcar_sim::LinkStyle::Absolute,
         ..Variants::default()
     });
     for error_body in [
@@ -463,7 +463,7 @@ async fn a_429_pauses_the_app_and_nothing_is_sent_before_retry_after() {
         let sim = support::simulator(SimConfig {
             users: 1,
             vehicles_per_user: 4,
-            app_bucket: Some(smartcar_sync::simulator::Bucket {
+            app_bucket: Some(smartcar_sim::Bucket {
                 capacity: 2.0,
                 refill_per_second: 0.5,
             }),
@@ -525,7 +525,7 @@ async fn secrets_and_tokens_never_show_in_debug_output() {
 
 #[tokio::test]
 async fn links_next_is_followed_only_within_the_vehicles_own_signals() {
-    use smartcar_sync::simulator::LinkStyle;
+    use smartcar_sim::LinkStyle;
     for (style, followed) in [
         (LinkStyle::RootRelative, true),
         (LinkStyle::ApiPrefixed, true),

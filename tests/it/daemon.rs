@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use smartcar_sim::{Bucket, Faults, ForcedError, SimConfig, Simulator};
 use smartcar_sync::config::Config;
 use smartcar_sync::daemon::{CycleReport, Daemon};
-use smartcar_sync::simulator::{Bucket, Faults, ForcedError, SimConfig, Simulator};
 use smartcar_sync::store::{SampleSource, Store, VehicleStatus};
 use tokio_util::sync::CancellationToken;
 

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use smartcar_sim::{ServedReading, SimConfig, Simulator};
 use smartcar_sync::daemon::Daemon;
-use smartcar_sync::simulator::{ServedReading, SimConfig, Simulator};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{Column, Row, TypeInfo, ValueRef};

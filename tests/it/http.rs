@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::Value;
+use smartcar_sim::{SimConfig, Simulator};
 use smartcar_sync::config::Config;
 use smartcar_sync::daemon::Daemon;
-use smartcar_sync::simulator::{SimConfig, Simulator};
 use smartcar_sync::store::{JobKind, SampleSource, UserSource, VehicleStatus};
 use tokio_util::sync::CancellationToken;
 

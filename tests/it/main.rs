@@ -12,6 +12,5 @@ mod scale_out;
 mod schedule;
 mod security;
 mod service;
-mod simulator;
 mod store;
 mod support;

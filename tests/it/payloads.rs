@@ -7,11 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
-use smartcar_sync::config::Config;
-use smartcar_sync::daemon::{CycleReport, Daemon};
-use smartcar_sync::simulator::{
+use smartcar_sim::{
     ErrorBodyVariant, ForcedError, RetryAfterForm, SimConfig, Simulator, TimestampFormat, Variants,
 };
+use smartcar_sync::config::Config;
+use smartcar_sync::daemon::{CycleReport, Daemon};
 use smartcar_sync::store::{SampleSource, Store, VehicleStatus};
 use tokio_util::sync::CancellationToken;
 

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use smartcar_sim::{SimConfig, Simulator};
 use smartcar_sync::daemon::Daemon;
-use smartcar_sync::simulator::{SimConfig, Simulator};
 use smartcar_sync::store::{Store, StoreOptions};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use smartcar_sim::{Faults, SimConfig, Simulator};
 use smartcar_sync::config::Config;
-use smartcar_sync::simulator::{Faults, SimConfig, Simulator};
 use tokio::io::AsyncReadExt;
 use tokio::process::Child;
 

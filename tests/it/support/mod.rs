@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use smartcar_sim::{SimConfig, Simulator};
 use smartcar_sync::config::Config;
-use smartcar_sync::simulator::{SimConfig, Simulator};
 use smartcar_sync::store::{Store, StoreOptions};
 
 /// An update period long enough that no reading changes during a test. Each signal has its own

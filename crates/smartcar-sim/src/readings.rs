@@ -580,7 +580,7 @@ pub(crate) fn value_num(body: &Value) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::fleet::Fleet;
+    use crate::fleet::Fleet;
 
     fn num(r: &Reading) -> f64 {
         match &r.status {

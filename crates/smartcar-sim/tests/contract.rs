@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-use smartcar_sync::simulator::{
+use smartcar_sim::{
     Bucket, ErrorBodyVariant, Faults, ForcedError, PagingVariant, SimConfig, Simulator,
     TimestampFormat, UserIdLocation, Variants, VehicleMode,
 };
@@ -1568,7 +1568,7 @@ async fn error_body_variants_render_as_flagged() {
 
 #[tokio::test]
 async fn a_forced_vehicle_rate_limit_answers_429_with_retry_after_in_each_form() {
-    use smartcar_sync::simulator::RetryAfterForm;
+    use smartcar_sim::RetryAfterForm;
     for form in [
         RetryAfterForm::Seconds,
         RetryAfterForm::HttpDate,
@@ -1609,7 +1609,7 @@ async fn a_forced_vehicle_rate_limit_answers_429_with_retry_after_in_each_form()
 
 #[tokio::test]
 async fn continuation_pages_can_be_failed_and_links_styled() {
-    use smartcar_sync::simulator::LinkStyle;
+    use smartcar_sim::LinkStyle;
     let sim = start(with_variants(Variants {
         signals_page_size: Some(4),
         signals_link: LinkStyle::OtherVehicle,

@@ -1,10 +1,12 @@
-//! A faithful fake of the Smartcar v3 API as `docs/smartcar-v3.md` describes it, for tests,
-//! the demo and benchmarks. It can produce every shape and error the contract lists, so a client
+//! A faithful fake of the Smartcar v3 API as the contract notes (`docs/smartcar-v3.md` in the
+//! smartcar-sync repository) describe it, for tests, the demo and benchmarks. It is its own crate
+//! so that the daemon's production build carries none of it (`smartcar-sync` built with
+//! `--no-default-features`), and it knows nothing of the client it fakes for. It can produce every shape and error the contract lists, so a client
 //! proven against it has met each variant at least once.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use smartcar_sync::simulator::{SimConfig, Simulator};
+//! use smartcar_sim::{SimConfig, Simulator};
 //! let sim = Simulator::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap()).await?;
 //! let api = sim.api_url(); // http://127.0.0.1:PORT/v3
 //! # sim.shutdown().await; Ok(()) }

@@ -1,4 +1,5 @@
-//! `smartcar-sync simulate`: run the fake on a fixed address for demos and benchmarks.
+//! `smartcar-sim` (and `smartcar-sync simulate`): run the fake on a fixed address for demos and
+//! benchmarks.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,9 +11,16 @@ use super::config::{
     Bucket, ErrorBodyVariant, Faults, LinkStyle, PagingVariant, RetryAfterForm, SimConfig,
     TimestampFormat, UserIdLocation, Variants,
 };
-use crate::cli::out;
 
-/// Options of `smartcar-sync simulate`.
+/// `writeln!` to stdout, returning the `io::Result`: a closed pipe is not a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// Options of `smartcar-sim` / `smartcar-sync simulate`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SimArgs {
     /// Address to listen on.
