@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -43,34 +43,6 @@ pub struct RateLimit {
     pub burst: NonZeroU32,
 }
 
-/// Per-endpoint call counts by outcome, for `/metrics` and the demo's summary.
-#[derive(Debug, Default)]
-pub struct ClientStats {
-    pub calls: AtomicU64,
-    pub ok: AtomicU64,
-    pub client_errors: AtomicU64,
-    pub server_errors: AtomicU64,
-    pub rate_limited_app: AtomicU64,
-    pub rate_limited_vehicle: AtomicU64,
-    pub unauthorized: AtomicU64,
-    pub transport_errors: AtomicU64,
-    by_endpoint: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
-}
-
-impl ClientStats {
-    fn record(&self, endpoint: &'static str, class: &'static str) {
-        crate::events::api_call(endpoint, class);
-        let mut m = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry((endpoint, class)).or_default() += 1;
-    }
-
-    /// `(endpoint, status class) -> calls`, status class `2xx`, `4xx`, `5xx`, `error`.
-    pub fn by_endpoint(&self) -> Vec<((&'static str, &'static str), u64)> {
-        let m = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
-        m.iter().map(|(k, v)| (*k, *v)).collect()
-    }
-}
-
 /// The signals of the pages received before a later page failed, with that failure.
 #[derive(Debug)]
 pub struct PartialSignals {
@@ -104,7 +76,6 @@ struct Inner {
     /// Epoch ms until which the whole application is paused (a 429 `SMARTCAR_API`). Checked
     /// after waiting for the limiter, right before sending, so no call leaves early.
     paused_until_ms: AtomicI64,
-    stats: ClientStats,
 }
 
 impl std::fmt::Debug for Client {
@@ -150,7 +121,6 @@ impl Client {
                 tokens,
                 budget: rate_limit.map(Budget::new),
                 paused_until_ms: AtomicI64::new(0),
-                stats: ClientStats::default(),
             }),
         })
     }
@@ -162,10 +132,6 @@ impl Client {
     /// The shared rate budget this client keeps to (`None`: `requests_per_minute = 0`).
     pub fn budget(&self) -> Option<&Arc<Budget>> {
         self.inner.budget.as_ref()
-    }
-
-    pub fn stats(&self) -> &ClientStats {
-        &self.inner.stats
     }
 
     /// Pauses every call of this process until `until` (a stored pause, or one just received).
@@ -380,7 +346,6 @@ impl Client {
             if let Some(u) = user_id {
                 req = req.header("sc-user-id", u);
             }
-            inner.stats.calls.fetch_add(1, Ordering::Relaxed);
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => return Err(self.transport_error(endpoint, &e)),
@@ -400,11 +365,10 @@ impl Client {
                 super::auth::CallOutcome::of_status(status.as_u16()),
             );
             if status.is_success() {
-                inner.stats.ok.fetch_add(1, Ordering::Relaxed);
-                inner.stats.record(endpoint, "2xx");
+                crate::events::api_call(endpoint, "2xx");
                 return Ok((body.to_vec(), request_id));
             }
-            inner.stats.record(
+            crate::events::api_call(
                 endpoint,
                 if status.is_server_error() {
                     "5xx"
@@ -421,19 +385,15 @@ impl Client {
                 inner.max_retry_after,
             );
             match status {
-                StatusCode::UNAUTHORIZED => {
-                    inner.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
-                    if !reauthenticated {
-                        // Drop that token (once, however many calls saw it fail), retry once.
-                        inner.tokens.invalidate(token.generation);
-                        reauthenticated = true;
-                        continue;
-                    }
+                // Drop that token (once, however many calls saw it fail), retry once.
+                StatusCode::UNAUTHORIZED if !reauthenticated => {
+                    inner.tokens.invalidate(token.generation);
+                    reauthenticated = true;
+                    continue;
                 }
                 StatusCode::TOO_MANY_REQUESTS => {
                     match err.action(Utc::now()) {
                         super::Action::PauseApp(until) => {
-                            inner.stats.rate_limited_app.fetch_add(1, Ordering::Relaxed);
                             if let Some(budget) = &inner.budget {
                                 budget.throttled_app(Utc::now());
                             }
@@ -442,10 +402,6 @@ impl Client {
                             crate::events::rate_limited("app", until, err.request_id.as_deref());
                         }
                         super::Action::RetryAt(until) => {
-                            inner
-                                .stats
-                                .rate_limited_vehicle
-                                .fetch_add(1, Ordering::Relaxed);
                             if let Some(budget) = &inner.budget {
                                 budget.throttled_vehicle();
                             }
@@ -458,23 +414,15 @@ impl Client {
                         _ => {}
                     }
                 }
-                s if s.is_server_error() => {
-                    inner.stats.server_errors.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {
-                    inner.stats.client_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                s if s.is_server_error() => {}
+                _ => {}
             }
             return Err(err);
         }
     }
 
     fn transport_error(&self, endpoint: &'static str, e: &reqwest::Error) -> ApiError {
-        self.inner
-            .stats
-            .transport_errors
-            .fetch_add(1, Ordering::Relaxed);
-        self.inner.stats.record(endpoint, "error");
+        crate::events::api_call(endpoint, "error");
         let kind = if e.is_timeout() {
             ErrorKind::Timeout
         } else {

@@ -638,8 +638,9 @@ impl Store {
         tx.commit().await
     }
 
-    /// Stores samples and statuses outside any job (webhooks): one transaction, idempotent.
-    /// Returns the sample rows inserted.
+    /// Stores samples and statuses outside a job's completion (the readings of a poll's pages
+    /// received before a later page failed, kept while the poll retries): one transaction,
+    /// idempotent. Returns the sample rows inserted.
     pub async fn ingest_samples(
         &self,
         samples: &[NewSample],
@@ -649,53 +650,6 @@ impl Store {
         let n = tx.ingest(samples, statuses, Utc::now()).await?;
         tx.commit().await?;
         Ok(n)
-    }
-
-    /// Records a webhook event id; false if it was already recorded (a redelivery).
-    pub async fn record_webhook_event(
-        &self,
-        event_id: &str,
-        event_type: &str,
-        vehicle_id: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let n = self
-            .pool
-            .exec(
-                "INSERT INTO webhook_events (event_id, event_type, vehicle_id, received_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
-                args![event_id, event_type, vehicle_id, now],
-            )
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// A webhook delivery in one transaction: records the event id and, if it is new, stores
-    /// its samples and statuses. Returns None for a redelivered event (nothing written), else
-    /// the sample rows inserted. Acknowledge the delivery only after this returns.
-    pub async fn ingest_webhook(
-        &self,
-        event_id: &str,
-        event_type: &str,
-        vehicle_id: Option<&str>,
-        samples: &[NewSample],
-        statuses: &[SignalState],
-        now: DateTime<Utc>,
-    ) -> Result<Option<u64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let fresh = tx
-            .exec(
-                "INSERT INTO webhook_events (event_id, event_type, vehicle_id, received_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
-                args![event_id, event_type, vehicle_id, now],
-            )
-            .await?;
-        if fresh == 0 {
-            return Ok(None);
-        }
-        let n = tx.ingest(samples, statuses, now).await?;
-        tx.commit().await?;
-        Ok(Some(n))
     }
 
     /// Deletes done jobs finished before `older_than`; dead jobs are kept for inspection.
