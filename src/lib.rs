@@ -6,6 +6,7 @@
 //! application token fresh. The effect and the job's bookkeeping commit in one transaction.
 //! [`simulator`] is a faithful fake of the v3 API for tests, the demo and benchmarks.
 
+pub mod admin;
 pub mod budget;
 pub mod cli;
 pub mod config;
