@@ -718,13 +718,16 @@ pub async fn jobs_list(store: &Store, filter: &JobFilter, json: bool) -> anyhow:
 
 /// Prints each refused id; the caller exits 1.
 fn print_refusals(refused: &[Refusal], only: &str) {
+    use std::io::Write as _;
+    // Ignoring a closed stderr: the exit status still says it failed.
+    let mut err = std::io::stderr().lock();
     for r in refused {
-        match &r.state {
-            None => eprintln!("error: job #{}: no such job", r.id),
-            Some(state) => eprintln!("error: job #{} is {state}: {only}", r.id),
-        }
+        let _ = match &r.state {
+            None => writeln!(err, "error: job #{}: no such job", r.id),
+            Some(state) => writeln!(err, "error: job #{} is {state}: {only}", r.id),
+        };
     }
-    eprintln!("error: nothing was changed");
+    let _ = writeln!(err, "error: nothing was changed");
 }
 
 /// `jobs retry ID… | --dead`.
