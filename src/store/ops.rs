@@ -306,6 +306,27 @@ impl Store {
         ids: Option<&[i64]>,
         now: DateTime<Utc>,
     ) -> Result<Result<Vec<Retried>, Vec<Refusal>>, StoreError> {
+        // On PostgreSQL a daemon may enqueue the same kind and subject between the check for
+        // open jobs and the requeue; the unique index then refuses the requeue, and a second
+        // pass sees that job and treats the dead one as superseded.
+        let mut tries = 0;
+        loop {
+            match self.retry_dead_jobs_once(ids, now).await {
+                Err(StoreError::Database(sqlx::Error::Database(e)))
+                    if e.is_unique_violation() && tries < 3 =>
+                {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn retry_dead_jobs_once(
+        &self,
+        ids: Option<&[i64]>,
+        now: DateTime<Utc>,
+    ) -> Result<Result<Vec<Retried>, Vec<Refusal>>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let b = tx.backend();
         let id_list: Vec<String> = ids.unwrap_or_default().iter().map(i64::to_string).collect();
