@@ -694,7 +694,7 @@ pub async fn jobs_list(store: &Store, filter: &JobFilter, json: bool) -> anyhow:
             .as_deref()
             .or(j.note.as_deref())
             .unwrap_or_default();
-        out!(
+        let line = format!(
             "{:>8} {:<17} {:<38} {:<8} {:>8} {:<20} {why}{}",
             j.id,
             j.kind,
@@ -706,7 +706,8 @@ pub async fn jobs_list(store: &Store, filter: &JobFilter, json: bool) -> anyhow:
                 .as_deref()
                 .map(|r| format!(" [request id {r}]"))
                 .unwrap_or_default()
-        )?;
+        );
+        out!("{}", line.trim_end())?;
     }
     if total > jobs.len() as i64 {
         out!("{} of {total} jobs (newest first; --limit N)", jobs.len())?;
