@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::daemon::{Daemon, open_store};
-use crate::store::{JobKind, UserSource};
+use crate::store::{JobKind, JobState, UserSource, VehicleStatus};
 
 /// `EX_CONFIG` from sysexits.h: systemd and operators recognise it.
 pub const EXIT_CONFIG: u8 = exit::CONFIG;
@@ -148,8 +149,23 @@ pub enum Command {
     /// Known vehicles.
     #[command(subcommand)]
     Vehicles(VehiclesCommand),
-    /// Queue depth, pauses, dead jobs, freshness: the state at a glance.
-    Status,
+    /// The state at a glance, at any fleet size: the queue by state, the app pause and the rate
+    /// budget, vehicles and users by freshness, and the worst few of each list.
+    Status {
+        /// Show at most N of each list (stalest vehicles, vehicles not connected, stalest
+        /// users, dead jobs).
+        #[arg(long, value_name = "N", default_value_t = crate::admin::DEFAULT_TOP, conflicts_with = "all")]
+        top: u64,
+        /// Show every list in full.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON (field names: README, "JSON output").
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and repair the job queue: list, retry dead jobs, cancel open ones.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Create or update the database schema.
     Migrate,
     /// Issue a one-time Smartcar Connect URL for one user to connect a vehicle (its `state` is
@@ -163,6 +179,12 @@ pub enum Command {
     /// Run the Smartcar v3 simulator (also the `smartcar-sim` binary).
     #[cfg(feature = "simulator")]
     Simulate(smartcar_sim::SimArgs),
+    /// Write the man pages and the bash, zsh and fish completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory (man/ and completions/ are created in it).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,13 +197,90 @@ pub enum UsersCommand {
     /// Remove a user, their vehicles and their pending jobs (samples stay).
     Remove { id: String },
     /// List known users.
-    List,
+    List {
+        /// Print JSON (field names: README, "JSON output").
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum VehiclesCommand {
     /// List known vehicles and their status.
-    List,
+    List {
+        /// Only vehicles with this status.
+        #[arg(long, value_name = "STATUS", value_parser = vehicle_status_parser())]
+        status: Option<VehicleStatus>,
+        /// Only this user's vehicles.
+        #[arg(long, value_name = "USER_ID", value_parser = parse_user_id)]
+        user: Option<String>,
+        /// Print JSON (field names: README, "JSON output").
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        /// Only dead jobs (the same as --state dead).
+        #[arg(long, conflicts_with = "state")]
+        dead: bool,
+        /// Only jobs in this state.
+        #[arg(long, value_name = "STATE", value_parser = job_state_parser())]
+        state: Option<JobState>,
+        /// Only jobs of this kind.
+        #[arg(long, value_name = "KIND", value_parser = job_kind_parser())]
+        kind: Option<JobKind>,
+        /// At most N jobs (0: all).
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u64,
+        /// Print JSON (field names: README, "JSON output").
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requeue dead jobs: pending, due now, attempts reset, the last error kept in the note.
+    /// Only dead jobs can be retried; any other id fails the whole command (nothing changes).
+    Retry {
+        /// The jobs to requeue (ids from `jobs list --dead` or `status`).
+        #[arg(
+            value_name = "ID",
+            required_unless_present = "dead",
+            conflicts_with = "dead"
+        )]
+        ids: Vec<i64>,
+        /// Every dead job.
+        #[arg(long)]
+        dead: bool,
+    },
+    /// Cancel pending or running jobs (they are deleted; a running job's worker commits
+    /// nothing). Any other id fails the whole command (nothing changes).
+    Cancel {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<i64>,
+    },
+}
+
+/// A `--status` value: one of the stored vehicle statuses (listed in `--help` and completions).
+fn vehicle_status_parser() -> impl clap::builder::TypedValueParser<Value = VehicleStatus> {
+    clap::builder::PossibleValuesParser::new(VehicleStatus::ALL.iter().map(|s| s.as_str()))
+        .try_map(|s| s.parse::<VehicleStatus>())
+}
+
+fn job_state_parser() -> impl clap::builder::TypedValueParser<Value = JobState> {
+    clap::builder::PossibleValuesParser::new(JobState::ALL.iter().map(|s| s.as_str()))
+        .try_map(|s| s.parse::<JobState>())
+}
+
+fn job_kind_parser() -> impl clap::builder::TypedValueParser<Value = JobKind> {
+    clap::builder::PossibleValuesParser::new(JobKind::ALL.iter().map(|s| s.as_str()))
+        .try_map(|s| s.parse::<JobKind>())
+}
+
+/// A user id on the command line obeys the same rule as every other id ([`crate::ids`]).
+fn parse_user_id(s: &str) -> Result<String, crate::ids::InvalidId> {
+    crate::ids::check("user id", s).map(|()| s.to_owned())
 }
 
 /// Runs a parsed command line; returns the process exit status.
@@ -190,7 +289,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from("config.toml"), false),
     };
-    // The simulator and the demo bring their own configuration.
+    // The simulator, the demo and the packaging assets need no configuration.
+    if let Command::GenerateAssets { dir } = &cli.command {
+        return report(generate_assets(dir));
+    }
     #[cfg(feature = "simulator")]
     match cli.command {
         Command::Simulate(args) => {
@@ -216,13 +318,15 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Run => run_daemon(config, path, must_exist).await,
         Command::SyncOnce { deadline } => sync_once(config, deadline).await,
         Command::Users(cmd) => users(config, cmd).await,
-        Command::Vehicles(VehiclesCommand::List) => vehicles(config).await,
-        Command::Status => status(config).await,
+        Command::Vehicles(cmd) => vehicles(config, cmd).await,
+        Command::Status { top, all, json } => status(config, top, all, json).await,
+        Command::Jobs(cmd) => jobs(config, cmd).await,
         Command::Migrate => migrate(config).await,
         Command::ConnectUrl => connect_url(config).await,
         Command::CheckConfig => return check_config(config).await,
         #[cfg(feature = "simulator")]
         Command::Demo(_) | Command::Simulate(_) => Ok(ExitCode::SUCCESS),
+        Command::GenerateAssets { .. } => Ok(ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -239,7 +343,6 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-#[cfg(feature = "simulator")]
 fn report(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -332,9 +435,12 @@ async fn sync_once(config: Config, deadline: Duration) -> anyhow::Result<ExitCod
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
     let daemon = Daemon::start_as("sync-once", config, &shutdown).await?;
+    let progress = Progress::new(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let report = daemon
-        .sync_once_until(&shutdown, Some(deadline), |_| {})
-        .await?;
+        .sync_once_until(&shutdown, Some(deadline), |line| progress.report(line))
+        .await;
+    progress.finish();
+    let report = report?;
     let samples = daemon.store.sample_count().await?;
     // The heartbeat deregisters (the others take this share back) before the pool closes.
     shutdown.cancel();
@@ -389,6 +495,61 @@ async fn sync_once(config: Config, deadline: Duration) -> anyhow::Result<ExitCod
     })
 }
 
+/// `sync-once`'s progress, on stderr (stdout keeps the summary for scripts). On a terminal, one
+/// status line rewritten in place, as `demo` does; anywhere else (a pipe, a log, journald) plain
+/// lines: one at each phase change and at most one every [`Progress::PLAIN_EVERY`] within a
+/// phase, so a long cycle shows it is alive without flooding the log.
+struct Progress {
+    terminal: bool,
+    started: std::time::Instant,
+    /// The last phase reported and when a plain line was last written.
+    last: std::sync::Mutex<(String, Option<std::time::Instant>)>,
+}
+
+impl Progress {
+    const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+    fn new(terminal: bool) -> Progress {
+        Progress {
+            terminal,
+            started: std::time::Instant::now(),
+            last: std::sync::Mutex::new((String::new(), None)),
+        }
+    }
+
+    /// `line` is `phase: N jobs open`, as `Daemon::sync_once_until` reports it.
+    fn report(&self, line: &str) {
+        self.report_to(line, &mut std::io::stderr().lock());
+    }
+
+    fn report_to(&self, line: &str, out: &mut dyn std::io::Write) {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        let phase = line.split_once(':').map_or(line, |(p, _)| p);
+        let text = format!("[{:>6.1}s] {line}", self.started.elapsed().as_secs_f64());
+        // A closed stderr is no reason to stop syncing: write errors are ignored.
+        if self.terminal {
+            let _ = write!(out, "\r\x1b[2K{text}");
+            let _ = out.flush();
+            last.1 = Some(std::time::Instant::now());
+        } else if last.0 != phase || last.1.is_none_or(|t| t.elapsed() >= Self::PLAIN_EVERY) {
+            let _ = writeln!(out, "sync-once {text}");
+            last.1 = Some(std::time::Instant::now());
+        }
+        if last.0 != phase {
+            last.0 = phase.to_owned();
+        }
+    }
+
+    /// Ends the live line so what follows starts on a fresh one.
+    fn finish(&self) {
+        if self.terminal && self.last.lock().is_ok_and(|l| l.1.is_some()) {
+            eprintln!();
+        }
+    }
+}
+
 /// `90s`, `30m`, `2h` for a message.
 fn humanize(d: Duration) -> String {
     let s = d.as_secs();
@@ -434,209 +595,91 @@ async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        UsersCommand::List => {
-            let users = store.list_users().await?;
-            out!("{:<38} {:<10} {:<20} LAST SYNC", "USER", "SOURCE", "ADDED")?;
-            for u in &users {
-                out!(
-                    "{:<38} {:<10} {:<20} {}",
-                    u.user_id,
-                    u.source.as_str(),
-                    u.created_at.format("%Y-%m-%d %H:%M:%S"),
-                    when(u.last_synced_at)
-                )?;
-            }
-            out!("{} users", users.len())?;
-        }
+        UsersCommand::List { json } => crate::admin::users_list(&store, json).await?,
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn vehicles(config: Config) -> anyhow::Result<ExitCode> {
+async fn vehicles(config: Config, cmd: VehiclesCommand) -> anyhow::Result<ExitCode> {
     let store = migrated_store(&config).await?;
-    let vehicles = store.list_vehicles().await?;
-    out!(
-        "{:<38} {:<38} {:<24} {:<17} LAST POLL",
-        "VEHICLE",
-        "USER",
-        "MAKE MODEL YEAR",
-        "STATUS"
-    )?;
-    for v in &vehicles {
-        let car = format!(
-            "{} {} {}",
-            v.make.as_deref().unwrap_or("?"),
-            v.model.as_deref().unwrap_or("?"),
-            v.year.map(|y| y.to_string()).unwrap_or_default()
-        );
-        out!(
-            "{:<38} {:<38} {:<24} {:<17} {}",
-            v.vehicle_id,
-            v.user_id,
-            car.chars().take(24).collect::<String>(),
-            v.status.as_str(),
-            when(v.last_polled_at)
-        )?;
+    match cmd {
+        VehiclesCommand::List { status, user, json } => {
+            crate::admin::vehicles_list(&store, status, user.as_deref(), json).await?;
+        }
     }
-    out!("{} vehicles", vehicles.len())?;
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
-fn when(t: Option<chrono::DateTime<Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|| "never".to_owned())
-}
-
-async fn status(config: Config) -> anyhow::Result<ExitCode> {
+async fn status(config: Config, top: u64, all: bool, json: bool) -> anyhow::Result<ExitCode> {
     let store = migrated_store(&config).await?;
-    let now = Utc::now();
-    out!(
-        "database   {}",
-        crate::daemon::redact_url(&config.database.url)
-    )?;
-    match store.app_paused_until(now).await? {
-        Some(until) => out!("app pause  PAUSED until {until} (a 429 from Smartcar)")?,
-        None => out!("app pause  none")?,
-    }
-    match store.oldest_poll_of_pollable(now).await? {
-        Some(t) => out!(
-            "last cycle every pollable vehicle polled since {} ({} ago)",
-            t.format("%Y-%m-%d %H:%M:%S"),
-            ago(now - t)
-        )?,
-        None => out!("last cycle no complete cycle yet")?,
-    }
-    for schedule in ["connections", "signals"] {
-        out!(
-            "tick       {schedule:<12} last {}",
-            when(store.last_tick(schedule).await?)
-        )?;
-    }
-    out!("samples    {}", store.sample_count().await?)?;
-    print_budget(&config, &store, now).await?;
-    out!()?;
-    out!(
-        "{:<18} {:>8} {:>8} {:>8} {:>8}",
-        "QUEUE",
-        "pending",
-        "running",
-        "done",
-        "dead"
-    )?;
-    let counts = store.queue_counts().await?;
-    for kind in JobKind::ALL {
-        let n = |state: &str| {
-            counts
-                .iter()
-                .find(|(k, s, _)| k == kind.as_str() && s == state)
-                .map(|c| c.2)
-                .unwrap_or(0)
-        };
-        out!(
-            "{:<18} {:>8} {:>8} {:>8} {:>8}",
-            kind.as_str(),
-            n("pending"),
-            n("running"),
-            n("done"),
-            n("dead")
-        )?;
-    }
-    let dead = store.dead_jobs(20).await?;
-    if !dead.is_empty() {
-        out!()?;
-        out!("DEAD JOBS (latest {})", dead.len())?;
-        for d in &dead {
-            out!(
-                "  #{} {}({}) after {} attempts at {}: {}{}",
-                d.id,
-                d.kind,
-                d.subject,
-                d.attempts,
-                when(d.finished_at),
-                d.last_error.as_deref().unwrap_or("?"),
-                d.last_request_id
-                    .as_deref()
-                    .map(|r| format!(" [request id {r}]"))
-                    .unwrap_or_default()
-            )?;
-        }
-    }
-    let users = store.list_users().await?;
-    out!()?;
-    out!("{:<38} {:<10} LAST CONNECTIONS SYNC", "USER", "SOURCE")?;
-    for u in users.iter().take(50) {
-        out!(
-            "{:<38} {:<10} {}",
-            u.user_id,
-            u.source.as_str(),
-            when(u.last_synced_at)
-        )?;
-    }
-    if users.len() > 50 {
-        out!("… and {} more (users list)", users.len() - 50)?;
-    }
+    let code = crate::admin::status(&config, &store, (!all).then_some(top), json).await?;
     store.close().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
-/// The shared rate budget: configured, in force now, and who shares it.
-async fn print_budget(
-    config: &Config,
-    store: &crate::store::Store,
-    now: chrono::DateTime<Utc>,
-) -> anyhow::Result<()> {
-    use crate::budget::{BURST_HEADROOM, RATE_HEADROOM, STALE_AFTER, adaptive_factor};
-    let daemons = store.live_daemons(now, STALE_AFTER).await?;
-    let throttle = store.last_app_throttle().await?;
-    match config.rate_limit() {
-        Some(rl) => {
-            let factor = adaptive_factor(throttle, now);
-            let rpm = f64::from(rl.requests_per_minute.get());
-            out!(
-                "rate       configured {rpm}/min, burst {}; in force {:.1}/min (headroom {:.0} %, \
-                 adaptive factor {factor:.2}), burst {:.0}, split over {} live process(es)",
-                rl.burst,
-                rpm * RATE_HEADROOM * factor,
-                RATE_HEADROOM * 100.0,
-                f64::from(rl.burst.get()) * BURST_HEADROOM,
-                daemons.len().max(1)
-            )?;
+async fn jobs(config: Config, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
+    let store = migrated_store(&config).await?;
+    let code = match cmd {
+        JobsCommand::List {
+            dead,
+            state,
+            kind,
+            limit,
+            json,
+        } => {
+            let filter = crate::store::JobFilter {
+                state: if dead { Some(JobState::Dead) } else { state },
+                kind,
+                limit: (limit > 0).then_some(limit),
+            };
+            crate::admin::jobs_list(&store, &filter, json).await?;
+            ExitCode::SUCCESS
         }
-        None => out!("rate       no limit (rate_limit.requests_per_minute = 0)")?,
+        JobsCommand::Retry { ids, dead } => {
+            crate::admin::jobs_retry(&store, (!dead).then_some(ids.as_slice())).await?
+        }
+        JobsCommand::Cancel { ids } => crate::admin::jobs_cancel(&store, &ids).await?,
+    };
+    store.close().await;
+    Ok(code)
+}
+
+/// `generate-assets DIR`: the man pages and shell completions, generated from this very
+/// command-line definition (so they cannot drift from it). The package build runs it; a plain
+/// `cargo build` does not pay for it.
+fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    match throttle {
-        Some((at, f)) => out!(
-            "throttle   last 429 SMARTCAR_API at {} ({} ago), sent at {:.2} of the rate",
-            at.format("%Y-%m-%d %H:%M:%S"),
-            ago(now - at),
-            f
-        )?,
-        None => out!("throttle   never")?,
+    let cmd = Cli::command().version(env!("CARGO_PKG_VERSION"));
+    // One page for the program and one per command, down to `smartcar-sync-jobs-retry(1)`, as
+    // git does; the hidden commands have none.
+    clap_mangen::generate_to(cmd.clone(), &man)
+        .with_context(|| format!("cannot write the man pages into {}", man.display()))?;
+    let mut written = Vec::new();
+    for entry in std::fs::read_dir(&man)? {
+        written.push(entry?.path());
     }
-    out!(
-        "processes  {} live: {}",
-        daemons.len(),
-        daemons
-            .iter()
-            .map(|d| format!(
-                "{} {} on {} pid {} ({} calls, 429 app {} vehicle {})",
-                d.daemon_id, d.kind, d.host, d.pid, d.calls, d.throttled_app, d.throttled_vehicle
-            ))
-            .collect::<Vec<_>>()
-            .join("; ")
-    )?;
+    written.sort();
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        let path =
+            clap_complete::generate_to(shell, &mut cmd.clone(), "smartcar-sync", &completions)
+                .with_context(|| format!("cannot write the {shell} completions"))?;
+        written.push(path);
+    }
+    for p in written {
+        out!("{}", p.display())?;
+    }
     Ok(())
-}
-
-fn ago(d: chrono::Duration) -> String {
-    let s = d.num_seconds().max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        _ => format!("{}h", s / 3600),
-    }
 }
 
 async fn connect_url(config: Config) -> anyhow::Result<ExitCode> {
@@ -703,5 +746,45 @@ async fn check_config(config: Config) -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_rewrites_one_line_on_a_terminal_and_prints_phase_changes_otherwise() {
+        let lines = [
+            "syncing connections: 3 jobs open",
+            "syncing connections: 2 jobs open",
+            "syncing connections: 0 jobs open",
+            "polling signals: 9 jobs open",
+            "polling signals: 4 jobs open",
+        ];
+        let plain = Progress::new(false);
+        let mut out = Vec::new();
+        for l in lines {
+            plain.report_to(l, &mut out);
+        }
+        let text = String::from_utf8(out).unwrap();
+        let printed: Vec<&str> = text.lines().collect();
+        assert_eq!(printed.len(), 2, "{text}");
+        assert!(
+            printed[0].starts_with("sync-once [")
+                && printed[0].ends_with("syncing connections: 3 jobs open")
+        );
+        assert!(printed[1].ends_with("polling signals: 9 jobs open"));
+        assert!(!text.contains('\r') && !text.contains('\x1b'));
+
+        let live = Progress::new(true);
+        let mut out = Vec::new();
+        for l in lines {
+            live.report_to(l, &mut out);
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("\r\x1b[2K").count(), lines.len(), "{text:?}");
+        assert!(!text.contains('\n'));
+        assert!(text.ends_with("polling signals: 4 jobs open"));
     }
 }

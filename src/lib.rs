@@ -8,6 +8,7 @@
 //! `smartcar-sim` (`crates/smartcar-sim`); the `demo` and `simulate` commands need the default
 //! feature `simulator`.
 
+pub mod admin;
 pub mod budget;
 pub mod cli;
 pub mod config;

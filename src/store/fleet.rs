@@ -7,7 +7,7 @@ use super::{
     DeadJob, JobKind, SampleRow, Store, StoreError, UserRow, UserSource, VehicleRow, VehicleStatus,
 };
 
-fn user_from_row(r: &Row) -> Result<UserRow, StoreError> {
+pub(super) fn user_from_row(r: &Row) -> Result<UserRow, StoreError> {
     Ok(UserRow {
         user_id: r.text("user_id")?,
         source: r.text("source")?.parse()?,
@@ -17,7 +17,7 @@ fn user_from_row(r: &Row) -> Result<UserRow, StoreError> {
 }
 
 /// Vehicle columns; PostgreSQL reads the JSONB permissions back as text.
-fn vehicle_columns(b: Backend) -> &'static str {
+pub(super) fn vehicle_columns(b: Backend) -> &'static str {
     b.pick(
         "vehicle_id, user_id, connection_id, make, model, year, powertrain_type, mode, \
          permissions, status, status_reason, status_request_id, status_changed_at, \
@@ -28,7 +28,7 @@ fn vehicle_columns(b: Backend) -> &'static str {
     )
 }
 
-fn vehicle_from_row(r: &Row) -> Result<VehicleRow, StoreError> {
+pub(super) fn vehicle_from_row(r: &Row) -> Result<VehicleRow, StoreError> {
     let permissions = r.text("permissions")?;
     let status: VehicleStatus = r.text("status")?.parse()?;
     Ok(VehicleRow {

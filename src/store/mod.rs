@@ -65,6 +65,7 @@ mod connect;
 mod db;
 mod fleet;
 mod migrate;
+mod ops;
 mod postgres;
 mod queue;
 mod sqlite;
@@ -74,6 +75,7 @@ mod webhooks;
 pub use audit::TokenAuditRow;
 pub use budget::{BudgetView, DaemonBeat, DaemonRow};
 pub use connect::{ConnectRedemption, StateProof};
+pub use ops::{Cancelled, Freshness, JobFilter, JobRow, Refusal, Retried};
 pub use queue::OpenJob;
 pub use webhooks::{VehicleErrorUpdate, WebhookDelivery, WebhookOutcome};
 

@@ -7,6 +7,7 @@ mod client;
 mod daemon;
 mod dashboards;
 mod http;
+mod operators;
 mod payloads;
 mod scale_out;
 mod schedule;
