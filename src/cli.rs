@@ -359,81 +359,20 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
-pub fn cancel_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => tracing::info!("SIGINT: stopping"),
-            _ = term => tracing::info!("SIGTERM: stopping"),
-        }
-        token.cancel();
-    });
-}
-
 async fn run_daemon(config: Config, path: PathBuf, must_exist: bool) -> anyhow::Result<ExitCode> {
     config.require_credentials()?;
     let shutdown = CancellationToken::new();
-    cancel_on_signals(shutdown.clone());
+    crate::lifecycle::cancel_on_signals(shutdown.clone());
     let daemon = Daemon::start(config, &shutdown).await?;
-    reload_on_sighup(path, must_exist, daemon.reloader(), shutdown.clone());
+    crate::lifecycle::reload_on_sighup(path, must_exist, daemon.reloader(), shutdown.clone());
     daemon.run(shutdown, || {}).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// On SIGHUP, re-reads the configuration (file and environment) and applies its reloadable
-/// parts, the secrets; a configuration that no longer validates is refused and the running one
-/// kept.
-fn reload_on_sighup(
-    path: PathBuf,
-    must_exist: bool,
-    reloader: crate::daemon::Reloader,
-    shutdown: CancellationToken,
-) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP: reload needs a restart");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                got = hup.recv() => if got.is_none() { return },
-            }
-            tracing::info!(config = %path.display(), "SIGHUP: reloading");
-            crate::daemon::notify(&[sd_notify::NotifyState::Reloading]);
-            match Config::load(&path, must_exist, |k| std::env::var(k).ok()) {
-                Ok(config) => reloader.apply(&config),
-                Err(e) => tracing::error!(error = %e,
-                    "reload refused: the configuration is not valid; keeping the running one"),
-            }
-            crate::daemon::notify(&[sd_notify::NotifyState::Ready]);
-        }
-    });
-    #[cfg(not(unix))]
-    let _ = (path, must_exist, reloader, shutdown);
 }
 
 async fn sync_once(config: Config, deadline: Duration) -> anyhow::Result<ExitCode> {
     config.require_credentials()?;
     let shutdown = CancellationToken::new();
-    cancel_on_signals(shutdown.clone());
+    crate::lifecycle::cancel_on_signals(shutdown.clone());
     let daemon = Daemon::start_as("sync-once", config, &shutdown).await?;
     let progress = Progress::new(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let report = daemon
@@ -441,12 +380,10 @@ async fn sync_once(config: Config, deadline: Duration) -> anyhow::Result<ExitCod
         .await;
     progress.finish();
     let report = report?;
-    let samples = daemon.store.sample_count().await?;
+    let samples = daemon.store().sample_count().await?;
     // The heartbeat deregisters (the others take this share back) before the pool closes.
     shutdown.cancel();
-    daemon.tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), daemon.tracker.wait()).await;
-    daemon.store.close().await;
+    daemon.close().await;
     let s = &report.stats;
     let ord = std::sync::atomic::Ordering::Relaxed;
     out!(

@@ -127,19 +127,22 @@ pub fn queue_settings(config: &Config) -> QueueSettings {
 
 /// Everything a running daemon is made of.
 pub struct Daemon {
-    pub config: Config,
-    pub store: Store,
-    pub client: Client,
-    pub wake: Arc<Notify>,
-    pub tracker: TaskTracker,
+    config: Config,
+    store: Store,
+    client: Client,
+    /// Wakes the workers when something enqueued work in this process.
+    wake: Arc<Notify>,
+    /// Every background task (heartbeat, HTTP, schedule, maintenance): closed and awaited on
+    /// the way out.
+    tracker: TaskTracker,
     /// The source the token provider reads the client secret from (replaced on reload).
-    pub client_secret: SecretSource,
+    client_secret: SecretSource,
     /// The HTTP surface's secrets (replaced on reload).
-    pub http_secrets: Arc<HttpSecrets>,
+    http_secrets: Arc<HttpSecrets>,
     /// The HTTP surface's bounds (one body budget for both listeners).
     http_limits: Arc<ServerLimits>,
     /// This process in the `daemons` table: its leases carry this id.
-    pub identity: Identity,
+    identity: Identity,
 }
 
 /// A listener that could not be bound: the key that names it, the address, and why.
@@ -230,6 +233,35 @@ impl Daemon {
         })
     }
 
+    /// The database this daemon works on.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The API client (and through it the token provider and the rate budget).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// This process in the `daemons` table.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Stops the background tasks started so far (the heartbeat deregisters, so the others take
+    /// this process's share back at once), then closes the pool. `shutdown` must be cancelled
+    /// first.
+    pub async fn close(&self) {
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within 5 s");
+        }
+        self.store.close().await;
+    }
+
     fn runner(&self) -> Runner {
         Runner::new(
             JobContext {
@@ -288,7 +320,8 @@ impl Daemon {
             self.client.tokens().audit().clone(),
             shutdown.clone(),
         ));
-        self.tracker.spawn(systemd_notify(shutdown.clone()));
+        self.tracker
+            .spawn(crate::lifecycle::systemd_notify(shutdown.clone()));
         self.tracker.spawn(maintenance(
             self.store.clone(),
             self.config.clone(),
@@ -301,7 +334,7 @@ impl Daemon {
             "smartcar-sync running"
         );
         ready();
-        notify(&[sd_notify::NotifyState::Ready]);
+        crate::lifecycle::notify(&[sd_notify::NotifyState::Ready]);
         runner.run(shutdown).await;
         // After the workers stopped: the last calls are in it.
         save_token_audit(&self.store, self.client.tokens().audit()).await;
@@ -622,34 +655,6 @@ async fn save_token_audit_every(store: Store, audit: Arc<TokenAudit>, shutdown: 
             _ = interval.tick() => save_token_audit(&store, &audit).await,
         }
     }
-}
-
-/// Tells systemd (when it supervises us: `$NOTIFY_SOCKET`); a no-op otherwise.
-pub fn notify(state: &[sd_notify::NotifyState]) {
-    if let Err(e) = sd_notify::notify(false, state) {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
-}
-
-/// `WATCHDOG=1` at half of `WatchdogSec` while the runtime is responsive (a stalled runtime
-/// stops the pings and systemd restarts the service), and `STOPPING=1` as shutdown begins.
-async fn systemd_notify(shutdown: CancellationToken) {
-    let mut usec = 0;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut usec)
-        .then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(50)));
-    match watchdog {
-        Some(period) => {
-            let mut interval = tokio::time::interval(period);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = interval.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
-                }
-            }
-        }
-        None => shutdown.cancelled().await,
-    }
-    notify(&[sd_notify::NotifyState::Stopping]);
 }
 
 /// How a phase of `sync-once` ended.

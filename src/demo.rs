@@ -94,9 +94,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("database: {}", config.database.url);
 
     let shutdown = CancellationToken::new();
-    crate::cli::cancel_on_signals(shutdown.clone());
+    crate::lifecycle::cancel_on_signals(shutdown.clone());
     let daemon = Daemon::start(config, &shutdown).await?;
-    let store = daemon.store.clone();
+    let store = daemon.store().clone();
     let counters_sim = &sim;
     let terminal = std::io::stderr().is_terminal();
     let report = daemon

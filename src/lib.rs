@@ -19,6 +19,7 @@ pub mod events;
 pub mod http;
 pub mod ids;
 pub mod jobs;
+pub mod lifecycle;
 pub mod queue;
 pub mod schedule;
 pub mod smartcar;

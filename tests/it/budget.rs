@@ -115,13 +115,13 @@ async fn a_running_daemon_heartbeats_and_shows_its_share() {
         .await
         .unwrap();
     let split = support::eventually(Duration::from_secs(10), || async {
-        let a = one.client.budget().unwrap().snapshot();
-        let b = two.client.budget().unwrap().snapshot();
+        let a = one.client().budget().unwrap().snapshot();
+        let b = two.client().budget().unwrap().snapshot();
         a.live_daemons == 2 && b.live_daemons == 2
     })
     .await;
     assert!(split, "both see two live processes");
-    let s = one.client.budget().unwrap().snapshot();
+    let s = one.client().budget().unwrap().snapshot();
     assert!(
         (s.own_per_minute - 600.0 * smartcar_sync::budget::RATE_HEADROOM / 2.0).abs() < 0.01,
         "{s:?}"
@@ -129,10 +129,9 @@ async fn a_running_daemon_heartbeats_and_shows_its_share() {
     assert_eq!(s.own_burst, 2, "{s:?}");
     // Stopping deregisters: the row is gone at once.
     shutdown.cancel();
-    two.tracker.close();
-    two.tracker.wait().await;
-    let rows = one.store.live_daemons(Utc::now(), STALE).await.unwrap();
-    assert!(rows.iter().all(|r| r.daemon_id != two.identity.daemon_id));
-    one.store.close().await;
+    two.close().await;
+    let rows = one.store().live_daemons(Utc::now(), STALE).await.unwrap();
+    assert!(rows.iter().all(|r| r.daemon_id != two.identity().daemon_id));
+    one.store().close().await;
     sim.shutdown().await;
 }

@@ -63,7 +63,7 @@ async fn a_full_cycle_stores_every_reading_and_a_second_cycle_adds_nothing() {
         let sim = support::simulator(fleet(20, 3)).await;
         let (daemon, report) = cycle(support::config(&sim, &db.url)).await;
         assert_eq!(report.dead, 0, "{}", db.backend);
-        let store = &daemon.store;
+        let store = daemon.store();
         assert_eq!(store.list_users().await.unwrap().len(), 20, "discovered");
         let vehicles = store.list_vehicles().await.unwrap();
         assert_eq!(vehicles.len(), 60);
@@ -89,13 +89,13 @@ async fn a_full_cycle_stores_every_reading_and_a_second_cycle_adds_nothing() {
         let (daemon2, report2) = cycle(support::config(&sim, &db.url)).await;
         assert_eq!(report2.dead, 0);
         assert_eq!(
-            daemon2.store.sample_count().await.unwrap(),
+            daemon2.store().sample_count().await.unwrap(),
             before,
             "{}",
             db.backend
         );
-        daemon.store.close().await;
-        daemon2.store.close().await;
+        daemon.store().close().await;
+        daemon2.store().close().await;
         sim.shutdown().await;
         db.cleanup().await;
     }
@@ -122,8 +122,8 @@ async fn faults_and_a_small_app_bucket_lose_nothing_and_retry_after_is_obeyed() 
         assert!(c.injected_errors > 0, "faults were injected: {c:?}");
         assert!(c.responses_429_app > 0, "the bucket was too small: {c:?}");
         assert_eq!(c.calls_before_retry_after, 0, "{}: {c:?}", db.backend);
-        assert_store_matches_served(&daemon.store, &sim, db.backend).await;
-        daemon.store.close().await;
+        assert_store_matches_served(daemon.store(), &sim, db.backend).await;
+        daemon.store().close().await;
         sim.shutdown().await;
         db.cleanup().await;
     }
@@ -141,7 +141,7 @@ async fn permanent_errors_set_the_vehicle_status_and_stop_polling_it() {
         let (daemon, report) = cycle(support::config(&sim, &db.url)).await;
         assert_eq!(report.dead, 0, "{}", db.backend);
         let status: HashMap<String, (VehicleStatus, bool)> = daemon
-            .store
+            .store()
             .list_vehicles()
             .await
             .unwrap()
@@ -166,8 +166,8 @@ async fn permanent_errors_set_the_vehicle_status_and_stop_polling_it() {
         // The connections sync sees the 403/501 vehicles again and gives them one more try;
         // the billing-limited one stays blocked until next month.
         assert!(more <= 5, "{more} calls in the second cycle");
-        daemon.store.close().await;
-        daemon2.store.close().await;
+        daemon.store().close().await;
+        daemon2.store().close().await;
         sim.shutdown().await;
         db.cleanup().await;
     }
@@ -184,13 +184,13 @@ async fn a_vanished_vehicle_is_marked_disconnected_and_a_new_one_is_polled() {
         let new = sim.connect_vehicle(&user);
         let (d2, report) = cycle(support::config(&sim, &db.url)).await;
         assert_eq!(report.dead, 0);
-        let rows = d2.store.list_vehicles().await.unwrap();
+        let rows = d2.store().list_vehicles().await.unwrap();
         let row = |id: &str| rows.iter().find(|r| r.vehicle_id == id).unwrap().clone();
         assert_eq!(row(&gone).status, VehicleStatus::Disconnected);
         assert_eq!(row(&new).status, VehicleStatus::Connected);
         assert!(row(&new).last_polled_at.is_some());
-        d1.store.close().await;
-        d2.store.close().await;
+        d1.store().close().await;
+        d2.store().close().await;
         sim.shutdown().await;
         db.cleanup().await;
     }

@@ -191,7 +191,7 @@ async fn fill(db: &TestDb) -> Simulator {
         assert_eq!(report.dead, 0, "{}", db.backend);
         cycles += 1;
     }
-    daemon.store.close().await;
+    daemon.store().close().await;
     sim
 }
 

@@ -95,13 +95,13 @@ impl Surface {
 
     pub(crate) async fn stop(self) {
         self.shutdown.cancel();
-        self.daemon.store.close().await;
+        self.daemon.store().close().await;
     }
 }
 
 async fn open_syncs(s: &Surface) -> i64 {
     s.daemon
-        .store
+        .store()
         .open_jobs(Some(JobKind::SyncConnections))
         .await
         .unwrap()
@@ -121,14 +121,14 @@ async fn a_signed_vehicle_state_is_stored_once_and_registers_its_user() {
         let (status, text) = s.post(body.clone(), Some(&sig)).await;
         assert_eq!(status, 200, "{b}: {text}");
         assert!(text.contains("stored"), "{b}: {text}");
-        let samples = s.daemon.store.list_samples().await.unwrap();
+        let samples = s.daemon.store().list_samples().await.unwrap();
         let served = sim.served_readings();
         assert!(!served.is_empty());
         assert_eq!(samples.len(), served.len(), "{b}: every pushed reading");
         assert!(samples.iter().all(|x| x.source == SampleSource::Webhook));
         assert!(samples.iter().all(|x| x.vehicle_id == vehicle));
         // The unknown user is registered and its connections sync is waiting.
-        let users = s.daemon.store.list_users().await.unwrap();
+        let users = s.daemon.store().list_users().await.unwrap();
         assert_eq!(users.len(), 1, "{b}");
         assert_eq!(users[0].user_id, user);
         assert_eq!(users[0].source, UserSource::Webhook);
@@ -139,10 +139,10 @@ async fn a_signed_vehicle_state_is_stored_once_and_registers_its_user() {
         assert_eq!(status, 200, "{b}: {text}");
         assert!(text.contains("duplicate"), "{b}: {text}");
         assert_eq!(
-            s.daemon.store.sample_count().await.unwrap(),
+            s.daemon.store().sample_count().await.unwrap(),
             samples.len() as i64
         );
-        assert_eq!(s.daemon.store.webhook_event_count().await.unwrap(), 1);
+        assert_eq!(s.daemon.store().webhook_event_count().await.unwrap(), 1);
 
         // `triggers` at the top level parses too; the readings are the same, nothing new.
         let body = sim
@@ -155,11 +155,11 @@ async fn a_signed_vehicle_state_is_stored_once_and_registers_its_user() {
             "{b}: {text}"
         );
         assert_eq!(
-            s.daemon.store.sample_count().await.unwrap(),
+            s.daemon.store().sample_count().await.unwrap(),
             samples.len() as i64,
             "{b}: a reading is stored once"
         );
-        assert_eq!(s.daemon.store.webhook_event_count().await.unwrap(), 2);
+        assert_eq!(s.daemon.store().webhook_event_count().await.unwrap(), 2);
         assert_eq!(open_syncs(&s).await, 1, "{b}: one open sync per user");
         s.stop().await;
         sim.shutdown().await;
@@ -187,9 +187,9 @@ async fn a_wrong_or_missing_signature_is_401_and_stores_nothing_and_verify_is_an
             let (status, text) = s.post(payload, sig.as_deref()).await;
             assert_eq!(status, 401, "{b}: {text}");
         }
-        assert_eq!(s.daemon.store.sample_count().await.unwrap(), 0, "{b}");
-        assert_eq!(s.daemon.store.webhook_event_count().await.unwrap(), 0);
-        assert!(s.daemon.store.list_users().await.unwrap().is_empty());
+        assert_eq!(s.daemon.store().sample_count().await.unwrap(), 0, "{b}");
+        assert_eq!(s.daemon.store().webhook_event_count().await.unwrap(), 0);
+        assert!(s.daemon.store().list_users().await.unwrap().is_empty());
         assert_eq!(open_syncs(&s).await, 0);
 
         let (status, text) = s.post(sim.verify_webhook("chal-123"), None).await;
@@ -227,8 +227,8 @@ async fn oversize_malformed_and_unknown_deliveries_are_answered_and_store_nothin
         let other = br#"{"eventType":"VEHICLE_SOMETHING_NEW","eventId":"e2","data":{}}"#.to_vec();
         let (status, _) = s.post(other.clone(), Some(&sim.sign(&other))).await;
         assert_eq!(status, 202, "{b}");
-        assert_eq!(s.daemon.store.webhook_event_count().await.unwrap(), 0);
-        assert_eq!(s.daemon.store.sample_count().await.unwrap(), 0);
+        assert_eq!(s.daemon.store().webhook_event_count().await.unwrap(), 0);
+        assert_eq!(s.daemon.store().sample_count().await.unwrap(), 0);
         s.stop().await;
         sim.shutdown().await;
         db.cleanup().await;
@@ -249,7 +249,7 @@ async fn a_reading_polled_and_pushed_is_stored_once_and_vehicle_errors_set_and_c
         .expect("the cycle finishes")
         .expect("the cycle runs");
         assert_eq!(report.dead, 0, "{b}");
-        let polled = s.daemon.store.sample_count().await.unwrap();
+        let polled = s.daemon.store().sample_count().await.unwrap();
         assert!(polled > 0);
         let user = sim.user_ids()[0].clone();
         let vehicle = sim.vehicles_of(&user)[0].clone();
@@ -258,7 +258,7 @@ async fn a_reading_polled_and_pushed_is_stored_once_and_vehicle_errors_set_and_c
         let (status, text) = s.post(body.clone(), Some(&sim.sign(&body))).await;
         assert_eq!(status, 200, "{b}: {text}");
         assert_eq!(
-            s.daemon.store.sample_count().await.unwrap(),
+            s.daemon.store().sample_count().await.unwrap(),
             polled,
             "{b}: the pushed readings were already polled"
         );
@@ -270,7 +270,7 @@ async fn a_reading_polled_and_pushed_is_stored_once_and_vehicle_errors_set_and_c
         );
 
         let status_of = |v: String| {
-            let store = s.daemon.store.clone();
+            let store = s.daemon.store().clone();
             async move { store.vehicle(&v).await.unwrap().unwrap() }
         };
         let post_error = |kind: &'static str, code: &'static str, resolved: bool| {
@@ -332,7 +332,7 @@ async fn the_connect_callback_registers_the_user_and_enqueues_its_sync() {
             .await;
         assert_eq!(status, 200, "{b}: {html}");
         assert!(html.contains("Vehicle connected"), "{html}");
-        let users = s.daemon.store.list_users().await.unwrap();
+        let users = s.daemon.store().list_users().await.unwrap();
         assert_eq!(users.len(), 1);
         assert_eq!(
             (users[0].user_id.as_str(), users[0].source),
@@ -369,7 +369,7 @@ async fn the_connect_callback_registers_the_user_and_enqueues_its_sync() {
             ))
             .await;
         assert_eq!(status, 400);
-        assert_eq!(s.daemon.store.list_users().await.unwrap().len(), 2, "{b}");
+        assert_eq!(s.daemon.store().list_users().await.unwrap().len(), 2, "{b}");
         s.stop().await;
         sim.shutdown().await;
         db.cleanup().await;
@@ -387,13 +387,13 @@ async fn readyz_is_200_when_ready_and_503_when_the_database_goes_away() {
         let (status, text) = s.get("/readyz").await;
         assert_eq!(status, 503, "{b}: {text}");
         assert!(text.contains("no valid access token"), "{text}");
-        s.daemon.client.tokens().get().await.unwrap();
+        s.daemon.client().tokens().get().await.unwrap();
         let (status, text) = s.get("/readyz").await;
         assert_eq!(status, 200, "{b}: {text}");
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["ready"], true);
 
-        s.daemon.store.close().await;
+        s.daemon.store().close().await;
         let (status, text) = s.get("/readyz").await;
         assert_eq!(status, 503, "{b}: {text}");
         let v: Value = serde_json::from_str(&text).unwrap();
@@ -414,7 +414,7 @@ async fn readyz_names_rejected_credentials() {
         c.smartcar.client_secret = Some(SecretString::from("wrong".to_owned()))
     })
     .await;
-    assert!(s.daemon.client.tokens().get().await.is_err());
+    assert!(s.daemon.client().tokens().get().await.is_err());
     let (status, text) = s.get("/readyz").await;
     assert_eq!(status, 503, "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
@@ -476,7 +476,7 @@ async fn metrics_parse_as_prometheus_text_with_every_family() {
         let body = sim.vehicle_state_webhook(&vehicle).unwrap();
         assert_eq!(s.post(body.clone(), Some(&sim.sign(&body))).await.0, 200);
         s.daemon
-            .store
+            .store()
             .enqueue(JobKind::PollSignals, "someone", chrono::Utc::now())
             .await
             .unwrap();

@@ -164,7 +164,7 @@ impl Surface {
 
     async fn stop(self) {
         self.shutdown.cancel();
-        self.daemon.store.close().await;
+        self.daemon.store().close().await;
     }
 }
 
@@ -197,8 +197,8 @@ async fn readings_needing_all_17_digits_are_stored_bit_exact_from_polls() {
             precise.iter().all(|x| significant_digits(*x) == 17),
             "{precise:?}"
         );
-        assert_stored_exactly(&daemon.store, &sim, db.backend).await;
-        daemon.store.close().await;
+        assert_stored_exactly(daemon.store(), &sim, db.backend).await;
+        daemon.store().close().await;
         sim.shutdown().await;
         db.cleanup().await;
     }
@@ -214,9 +214,9 @@ async fn readings_needing_all_17_digits_are_stored_bit_exact_from_webhooks() {
         let sim = support::simulator(fleet(2, 2, variants)).await;
         let s = Surface::start(&sim, &db).await;
         s.deliver_all(&sim, false).await;
-        let samples = s.daemon.store.list_samples().await.unwrap();
+        let samples = s.daemon.store().list_samples().await.unwrap();
         assert!(samples.iter().all(|x| x.source == SampleSource::Webhook));
-        assert_stored_exactly(&s.daemon.store, &sim, db.backend).await;
+        assert_stored_exactly(s.daemon.store(), &sim, db.backend).await;
         s.stop().await;
         sim.shutdown().await;
         db.cleanup().await;
@@ -244,7 +244,7 @@ async fn a_failed_continuation_page_is_retried_without_touching_the_vehicle_or_l
                 >= 1,
             "{b}"
         );
-        let vehicles = daemon.store.list_vehicles().await.unwrap();
+        let vehicles = daemon.store().list_vehicles().await.unwrap();
         assert_eq!(vehicles.len(), 4);
         assert!(
             vehicles
@@ -253,8 +253,8 @@ async fn a_failed_continuation_page_is_retried_without_touching_the_vehicle_or_l
             "{b}: a continuation 404 is not a vanished vehicle: {vehicles:?}"
         );
         assert!(vehicles.iter().all(|v| v.last_polled_at.is_some()));
-        assert_stored_exactly(&daemon.store, &sim, b).await;
-        daemon.store.close().await;
+        assert_stored_exactly(daemon.store(), &sim, b).await;
+        daemon.store().close().await;
         sim.shutdown().await;
         db.cleanup().await;
     }
@@ -276,12 +276,12 @@ async fn a_continuation_page_failing_for_good_keeps_the_readings_already_receive
         // The poll gave up (dead; a second time in the cycle's last phase, as the vehicle was
         // never polled), but the vehicle is still connected and page 1 is stored.
         assert!(report.dead >= 1, "{b}");
-        let v = &daemon.store.list_vehicles().await.unwrap()[0];
+        let v = &daemon.store().list_vehicles().await.unwrap()[0];
         assert_eq!(v.status, VehicleStatus::Connected, "{b}: {v:?}");
-        assert!(daemon.store.sample_count().await.unwrap() > 0, "{b}");
+        assert!(daemon.store().sample_count().await.unwrap() > 0, "{b}");
         // Exactly what was served (page 1, twice) is stored, once.
-        assert_stored_exactly(&daemon.store, &sim, b).await;
-        daemon.store.close().await;
+        assert_stored_exactly(daemon.store(), &sim, b).await;
+        daemon.store().close().await;
         sim.shutdown().await;
         db.cleanup().await;
     }
@@ -305,7 +305,7 @@ async fn every_signal_shape_variant_is_read_end_to_end() {
         let (daemon, report) = cycle(support::config(&sim, &db.url)).await;
         let b = db.backend;
         assert_eq!(report.dead, 0, "{b}");
-        let store = &daemon.store;
+        let store = daemon.store();
         // Codes arrived in camelCase and are stored in kebab-case, as the simulator's record
         // (which keeps the canonical code) expects.
         assert_stored_exactly(store, &sim, b).await;
@@ -357,7 +357,7 @@ async fn every_signal_shape_variant_is_read_end_to_end() {
                 .iter()
                 .all(|v| v.year.is_some())
         );
-        daemon.store.close().await;
+        daemon.store().close().await;
         sim.shutdown().await;
         db.cleanup().await;
     }
@@ -409,9 +409,9 @@ async fn impossible_reading_times_are_status_errors_not_samples_by_poll_and_webh
         let (daemon, report) = cycle(support::config(&sim, &db.url)).await;
         let b = db.backend;
         assert_eq!(report.dead, 0, "{b}");
-        assert_stored_exactly(&daemon.store, &sim, b).await;
-        assert_bad_times_are_status_errors(&daemon.store, 6, b).await;
-        daemon.store.close().await;
+        assert_stored_exactly(daemon.store(), &sim, b).await;
+        assert_bad_times_are_status_errors(daemon.store(), 6, b).await;
+        daemon.store().close().await;
         sim.shutdown().await;
         db.cleanup().await;
     }
@@ -424,8 +424,8 @@ async fn impossible_reading_times_are_status_errors_not_samples_by_poll_and_webh
         let s = Surface::start(&sim, &db).await;
         s.deliver_all(&sim, false).await;
         let what = format!("{} webhook", db.backend);
-        assert_stored_exactly(&s.daemon.store, &sim, &what).await;
-        assert_bad_times_are_status_errors(&s.daemon.store, 6, &what).await;
+        assert_stored_exactly(s.daemon.store(), &sim, &what).await;
+        assert_bad_times_are_status_errors(s.daemon.store(), 6, &what).await;
         s.stop().await;
         sim.shutdown().await;
         db.cleanup().await;
@@ -459,8 +459,8 @@ async fn webhook_shape_variants_are_read_end_to_end() {
             let s = Surface::start(&sim, &db).await;
             s.deliver_all(&sim, top_level_triggers).await;
             let what = format!("{} {fetched_at} {delivered_at:?}", db.backend);
-            assert_stored_exactly(&s.daemon.store, &sim, &what).await;
-            assert!(s.daemon.store.sample_count().await.unwrap() > 0, "{what}");
+            assert_stored_exactly(s.daemon.store(), &sim, &what).await;
+            assert!(s.daemon.store().sample_count().await.unwrap() > 0, "{what}");
             s.stop().await;
             sim.shutdown().await;
             db.cleanup().await;
@@ -503,7 +503,7 @@ async fn every_error_body_variant_is_classified_end_to_end() {
             config.queue.max_attempts = 2;
             let (daemon, report) = cycle_until(config, Some(Duration::from_secs(2))).await;
             let what = format!("{} {error_body:?}", db.backend);
-            let store = &daemon.store;
+            let store = daemon.store();
             let status: HashMap<String, VehicleStatus> = store
                 .list_vehicles()
                 .await
@@ -525,7 +525,7 @@ async fn every_error_body_variant_is_classified_end_to_end() {
                 "{what}: {:?}",
                 report.deferred
             );
-            daemon.store.close().await;
+            daemon.store().close().await;
             sim.shutdown().await;
             db.cleanup().await;
         }
@@ -575,8 +575,12 @@ async fn retry_after_in_every_form_defers_the_throttled_poll_until_then_and_is_c
                 job.reason.as_deref().is_some_and(|r| r.contains("429")),
                 "{what}: {job:?}"
             );
-            assert_eq!(daemon.store.throttle_streak(&v).await.unwrap(), 1, "{what}");
-            daemon.store.close().await;
+            assert_eq!(
+                daemon.store().throttle_streak(&v).await.unwrap(),
+                1,
+                "{what}"
+            );
+            daemon.store().close().await;
             sim.shutdown().await;
             db.cleanup().await;
         }

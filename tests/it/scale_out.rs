@@ -241,7 +241,7 @@ async fn a_postgres_restart_mid_cycle_loses_nothing_and_the_cycle_completes() {
         before < 30,
         "the restart happened mid-cycle ({before} polls before)"
     );
-    let store = &daemon.store;
+    let store = daemon.store();
     assert_eq!(store.open_jobs(None).await.unwrap(), 0);
     let vehicles = store.list_vehicles().await.unwrap();
     assert_eq!(vehicles.len(), 30);

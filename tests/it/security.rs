@@ -70,11 +70,14 @@ async fn a_verify_challenge_cannot_sign_a_delivery() {
             .await;
         assert_eq!(status, 400, "{b}");
         // Nothing was stored or changed.
-        assert_eq!(s.daemon.store.webhook_event_count().await.unwrap(), 0);
-        assert!(s.daemon.store.list_users().await.unwrap().is_empty(), "{b}");
+        assert_eq!(s.daemon.store().webhook_event_count().await.unwrap(), 0);
+        assert!(
+            s.daemon.store().list_users().await.unwrap().is_empty(),
+            "{b}"
+        );
         assert!(
             s.daemon
-                .store
+                .store()
                 .list_vehicles()
                 .await
                 .unwrap()
@@ -107,11 +110,11 @@ async fn verify_is_answered_only_while_the_window_is_open() {
     let mut config = support::config(&sim, &db.url);
     config.http.verify_window = Duration::from_secs(60);
     config.smartcar.management_token = Some(crate::http::management_token().into());
-    s.daemon.http_secrets.reload(&config);
+    s.daemon.reloader().apply(&config);
     assert_eq!(s.post(verify_body("c1"), None).await.0, 200);
     // `0s` never answers.
     config.http.verify_window = Duration::ZERO;
-    s.daemon.http_secrets.reload(&config);
+    s.daemon.reloader().apply(&config);
     assert_eq!(s.post(verify_body("c1"), None).await.0, 403);
     s.stop().await;
     sim.shutdown().await;
@@ -202,8 +205,11 @@ async fn connect_spam_registers_nobody_and_states_are_single_use_and_bounded() {
                 .await;
             assert_eq!(status, 403, "{b}");
         }
-        assert!(s.daemon.store.list_users().await.unwrap().is_empty(), "{b}");
-        assert_eq!(s.daemon.store.open_jobs(None).await.unwrap(), 0, "{b}");
+        assert!(
+            s.daemon.store().list_users().await.unwrap().is_empty(),
+            "{b}"
+        );
+        assert_eq!(s.daemon.store().open_jobs(None).await.unwrap(), 0, "{b}");
 
         // An issued state registers one user, once.
         let state = issue_state(&s).await;
@@ -213,7 +219,7 @@ async fn connect_spam_registers_nobody_and_states_are_single_use_and_bounded() {
         assert_eq!(s.get(&cb(&state, "user-1")).await.0, 200, "{b}");
         assert_eq!(s.get(&cb(&state, "user-2")).await.0, 403, "{b}: replayed");
         // The state is stored only as a hash.
-        let users = s.daemon.store.list_users().await.unwrap();
+        let users = s.daemon.store().list_users().await.unwrap();
         assert_eq!(users.len(), 1);
 
         // The bound: 3 new users an hour; a known user does not count against it.
@@ -222,14 +228,14 @@ async fn connect_spam_registers_nobody_and_states_are_single_use_and_bounded() {
         let (status, html) = s.get(&cb(&issue_state(&s).await, "user-4")).await;
         assert_eq!(status, 429, "{b}: {html}");
         assert_eq!(s.get(&cb(&issue_state(&s).await, "user-1")).await.0, 200);
-        assert_eq!(s.daemon.store.list_users().await.unwrap().len(), 3, "{b}");
+        assert_eq!(s.daemon.store().list_users().await.unwrap().len(), 3, "{b}");
 
         // An expired state is refused.
         let now = chrono::Utc::now();
         let expired = "ab".repeat(32);
         let hash = hex_sha256(&expired);
         s.daemon
-            .store
+            .store()
             .issue_connect_state(
                 &hash,
                 now - chrono::Duration::hours(2),
@@ -537,12 +543,15 @@ async fn hostile_ids_are_refused_everywhere_they_enter() {
             assert_eq!(status, 400, "{b} {pointer}: {text}");
         }
         assert_eq!(
-            s.daemon.store.webhook_event_count().await.unwrap(),
+            s.daemon.store().webhook_event_count().await.unwrap(),
             0,
             "{b}"
         );
-        assert_eq!(s.daemon.store.sample_count().await.unwrap(), 0, "{b}");
-        assert!(s.daemon.store.list_users().await.unwrap().is_empty(), "{b}");
+        assert_eq!(s.daemon.store().sample_count().await.unwrap(), 0, "{b}");
+        assert!(
+            s.daemon.store().list_users().await.unwrap().is_empty(),
+            "{b}"
+        );
         // The untouched delivery is fine.
         *envelope.pointer_mut("/eventId").unwrap() = Value::String("fresh-event-1".into());
         let (status, _) = s
@@ -742,7 +751,7 @@ async fn invalid_ids_in_api_answers_are_skipped_not_stored() {
             .unwrap()
             .unwrap();
         let users: Vec<String> = daemon
-            .store
+            .store()
             .list_users()
             .await
             .unwrap()
@@ -751,7 +760,7 @@ async fn invalid_ids_in_api_answers_are_skipped_not_stored() {
             .collect();
         assert_eq!(users, ["u-good"], "{}", db.backend);
         let vehicles: Vec<String> = daemon
-            .store
+            .store()
             .list_vehicles()
             .await
             .unwrap()
@@ -760,7 +769,7 @@ async fn invalid_ids_in_api_answers_are_skipped_not_stored() {
             .collect();
         assert_eq!(vehicles, ["v-good"], "{}", db.backend);
         shutdown.cancel();
-        daemon.store.close().await;
+        daemon.store().close().await;
         sim.shutdown().await;
         db.cleanup().await;
     }
