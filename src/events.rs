@@ -213,12 +213,44 @@ pub fn render() -> String {
     out
 }
 
-/// An API call's answer: `class` is `2xx`, `4xx`, `5xx` or `error` (no answer).
-pub fn api_call(endpoint: &'static str, class: &'static str) {
+/// How an API call ended, as the `class` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallClass {
+    Success,
+    ClientError,
+    ServerError,
+    /// No answer: timeout, refused, reset.
+    NoAnswer,
+}
+
+impl CallClass {
+    /// The class of an HTTP status.
+    pub fn of_status(status: u16) -> CallClass {
+        match status {
+            200..=299 => CallClass::Success,
+            500..=599 => CallClass::ServerError,
+            _ => CallClass::ClientError,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallClass::Success => "2xx",
+            CallClass::ClientError => "4xx",
+            CallClass::ServerError => "5xx",
+            CallClass::NoAnswer => "error",
+        }
+    }
+}
+
+/// An API call's answer (the token endpoint apart).
+pub fn api_call(endpoint: &'static str, class: CallClass) {
+    let class = class.as_str();
     metrics()
         .api_calls
         .get_or_create(&ApiLabels { endpoint, class })
         .inc();
+    tracing::debug!(endpoint, class, "api call");
 }
 
 /// A 429, app-wide or for one vehicle.
@@ -230,31 +262,106 @@ pub fn rate_limited(scope: &'static str, until: DateTime<Utc>, request_id: Optio
     tracing::warn!(scope, until = %until, request_id, "rate limited by Smartcar");
 }
 
-/// A token endpoint request finished: `ok`, `rejected` or `failed`.
-pub fn token_request(outcome: &'static str) {
+/// How a token endpoint request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOutcome {
+    Issued,
+    /// The credentials were refused (`invalid_client`): retrying will not help.
+    Rejected,
+    /// A transient failure (5xx, timeout): retried with backoff.
+    Failed,
+}
+
+impl TokenOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenOutcome::Issued => "ok",
+            TokenOutcome::Rejected => "rejected",
+            TokenOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// A token endpoint request finished. The refresher logs the details (expiry, the error); this
+/// is the count and one debug line.
+pub fn token_request(outcome: TokenOutcome) {
+    let outcome = outcome.as_str();
     metrics()
         .token_requests
         .get_or_create(&OutcomeLabels { outcome })
         .inc();
+    tracing::debug!(outcome, "token request");
 }
 
-/// A job run ended. `outcome`: done, retry, deferred, dead, vehicle_status, released, lost.
-pub fn job_finished(kind: &'static str, outcome: &'static str, took: Duration) {
+/// How a job run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    Done,
+    /// Failed transiently: back to pending at its backoff.
+    Retry,
+    /// Waits for something not its fault (a 429, a pause, no token) without using an attempt.
+    Deferred,
+    /// Out of attempts, or a failure retrying cannot fix.
+    Dead,
+    /// A permanent answer about the vehicle (403, 404, 430, 501): its status was set.
+    VehicleStatus,
+    /// Given back at shutdown.
+    Released,
+    /// Its lease was taken over: this run's result was dropped.
+    Lost,
+}
+
+impl JobOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Done => "done",
+            JobOutcome::Retry => "retry",
+            JobOutcome::Deferred => "deferred",
+            JobOutcome::Dead => "dead",
+            JobOutcome::VehicleStatus => "vehicle_status",
+            JobOutcome::Released => "released",
+            JobOutcome::Lost => "lost",
+        }
+    }
+}
+
+/// A job run ended: its count and duration, and one debug line (the job's own span carries its
+/// id and subject; `settle` logs failures with their error and request id).
+pub fn job_finished(kind: crate::store::JobKind, outcome: JobOutcome, took: Duration) {
+    let (kind, outcome) = (kind.as_str(), outcome.as_str());
     let m = metrics();
     m.jobs.get_or_create(&JobLabels { kind, outcome }).inc();
     m.job_seconds
         .get_or_create(&KindLabels { kind })
         .observe(took.as_secs_f64());
+    tracing::debug!(
+        kind,
+        outcome,
+        took_ms = took.as_millis() as u64,
+        "job finished"
+    );
+}
+
+/// Where samples came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleOrigin {
+    Poll,
+    Webhook,
 }
 
 /// New samples were committed.
-pub fn samples_stored(source: &'static str, n: u64) {
+pub fn samples_stored(origin: SampleOrigin, n: u64) {
+    let source = match origin {
+        SampleOrigin::Poll => "poll",
+        SampleOrigin::Webhook => "webhook",
+    };
     if n > 0 {
         metrics()
             .samples
             .get_or_create(&SourceLabels { source })
             .inc_by(n);
     }
+    tracing::debug!(source, stored = n, "samples stored");
 }
 
 /// The event types a webhook label may name; anything else is `other` (or `unknown` before the

@@ -199,7 +199,7 @@ async fn deliver(state: &HttpState, event_type: &str, envelope: &Value, raw: &[u
     .await;
     match stored {
         Ok(Ok(Some(outcome))) => {
-            events::samples_stored("webhook", outcome.samples_inserted);
+            events::samples_stored(events::SampleOrigin::Webhook, outcome.samples_inserted);
             if outcome.sync_enqueued {
                 state.wake.notify_one();
             }

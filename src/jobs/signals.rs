@@ -39,7 +39,7 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
                     Utc::now(),
                 );
                 let n = ctx.store.ingest_samples(&samples, &statuses).await?;
-                crate::events::samples_stored("poll", n);
+                crate::events::samples_stored(crate::events::SampleOrigin::Poll, n);
                 tracing::info!(
                     signals = partial.received.len(),
                     inserted = n,
@@ -59,7 +59,7 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         polled_at: now,
     };
     let outcome = ctx.store.finish_poll(job, &result).await?;
-    crate::events::samples_stored("poll", outcome.samples_inserted);
+    crate::events::samples_stored(crate::events::SampleOrigin::Poll, outcome.samples_inserted);
     Ok(Done::Polled {
         signals: signals.len(),
         inserted: outcome.samples_inserted,

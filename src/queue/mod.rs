@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::events;
+use crate::events::{self, JobOutcome};
 use crate::jobs::{self, JobContext, JobError};
 use crate::smartcar::Action;
 use crate::store::{Job, JobKind, StoreError};
@@ -41,7 +41,8 @@ pub struct QueueSettings {
     pub max_retry_after: Duration,
 }
 
-/// How job runs ended, for the demo's progress line and tests.
+/// How this runner's job runs ended, for `sync-once`'s summary and the demo's progress line.
+/// Counted from the same [`JobOutcome`] the `jobs_total` metric counts ([`RunStats::record`]).
 #[derive(Debug, Default)]
 pub struct RunStats {
     pub done: AtomicU64,
@@ -51,6 +52,21 @@ pub struct RunStats {
     pub vehicle_status: AtomicU64,
     pub released: AtomicU64,
     pub lost: AtomicU64,
+}
+
+impl RunStats {
+    fn record(&self, outcome: JobOutcome) {
+        let counter = match outcome {
+            JobOutcome::Done => &self.done,
+            JobOutcome::Retry => &self.retried,
+            JobOutcome::Deferred => &self.deferred,
+            JobOutcome::Dead => &self.dead,
+            JobOutcome::VehicleStatus => &self.vehicle_status,
+            JobOutcome::Released => &self.released,
+            JobOutcome::Lost => &self.lost,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The worker pool.
@@ -192,7 +208,8 @@ impl Runner {
                 _ = abandon.cancelled() => None,
             };
             let outcome = self.settle(&job, result).await;
-            events::job_finished(job.kind.as_str(), outcome, started.elapsed());
+            self.stats.record(outcome);
+            events::job_finished(job.kind, outcome, started.elapsed());
         }
         .instrument(span)
         .await
@@ -218,30 +235,24 @@ impl Runner {
     }
 
     /// Records what happened to a job; returns the outcome label for metrics.
-    async fn settle(
-        &self,
-        job: &Job,
-        result: Option<Result<jobs::Done, JobError>>,
-    ) -> &'static str {
+    async fn settle(&self, job: &Job, result: Option<Result<jobs::Done, JobError>>) -> JobOutcome {
         let store = &self.ctx.store;
         let now = Utc::now();
         let result = match result {
             None => {
                 self.release(job, "shutdown").await;
-                return "released";
+                return JobOutcome::Released;
             }
             Some(r) => r,
         };
         let err = match result {
             Ok(done) => {
-                self.stats.done.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%done, "job done");
-                return "done";
+                return JobOutcome::Done;
             }
             Err(JobError::Store(StoreError::LeaseLost { .. })) => {
-                self.stats.lost.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("lease lost (another worker took the job over); result discarded");
-                return "lost";
+                return JobOutcome::Lost;
             }
             Err(JobError::Store(e)) => {
                 // The database failed under us: retry like any transient failure.
@@ -263,11 +274,11 @@ impl Runner {
                 // 429 RATE_LIMIT/VEHICLE: Retry-After is the floor; each consecutive 429 from
                 // this vehicle (counted in the database) waits longer.
                 self.defer_throttled(job, at, &err.to_string()).await;
-                "deferred"
+                JobOutcome::Deferred
             }
             Action::RetryAt(at) => {
                 self.defer(job, at, &err.to_string()).await;
-                "deferred"
+                JobOutcome::Deferred
             }
             Action::PauseApp(until) => {
                 if !matches!(err.kind, crate::smartcar::ErrorKind::Paused(_)) {
@@ -281,11 +292,11 @@ impl Runner {
                 }
                 self.ctx.client.pause_until(until);
                 self.defer(job, until, &err.to_string()).await;
-                "deferred"
+                JobOutcome::Deferred
             }
             Action::WaitForToken(at) => {
                 self.defer(job, at, &err.to_string()).await;
-                "deferred"
+                JobOutcome::Deferred
             }
             Action::Permanent(problem) if job.kind == JobKind::PollSignals => {
                 let update = jobs::signals::status_for(problem, &err, now);
@@ -295,10 +306,7 @@ impl Runner {
                     .finish_vehicle_status(job, &job.subject, &update)
                     .await
                 {
-                    Ok(()) => {
-                        self.stats.vehicle_status.fetch_add(1, Ordering::Relaxed);
-                        "vehicle_status"
-                    }
+                    Ok(()) => JobOutcome::VehicleStatus,
                     Err(e) => self.retry_or_kill(job, &e.to_string(), None).await,
                 }
             }
@@ -306,17 +314,12 @@ impl Runner {
                 tracing::error!(error = %err, request_id,
                     "job failed permanently (a bug on our side or a resource that is gone)");
                 self.kill(job, &err.to_string(), request_id).await;
-                "dead"
+                JobOutcome::Dead
             }
         }
     }
 
-    async fn retry_or_kill(
-        &self,
-        job: &Job,
-        error: &str,
-        request_id: Option<&str>,
-    ) -> &'static str {
+    async fn retry_or_kill(&self, job: &Job, error: &str, request_id: Option<&str>) -> JobOutcome {
         let failures = job.attempts.max(0) as u32;
         if !self.settings.retry.may_retry(failures) {
             tracing::error!(
@@ -326,7 +329,7 @@ impl Runner {
                 "job failed for the last time"
             );
             self.kill(job, error, request_id).await;
-            return "dead";
+            return JobOutcome::Dead;
         }
         let delay = self.settings.retry.delay(failures);
         self.retry_at(job, delay, error, request_id).await
@@ -338,14 +341,13 @@ impl Runner {
         delay: Duration,
         error: &str,
         request_id: Option<&str>,
-    ) -> &'static str {
+    ) -> JobOutcome {
         let at = Utc::now() + chrono_dur(delay);
         tracing::warn!(error, request_id, attempt = job.attempts + 1, retry_at = %at, "job failed; will retry");
         if let Err(e) = self.ctx.store.retry(job, at, error, request_id).await {
             tracing::warn!(error = %e, "cannot record the retry; the lease will expire and the job run again");
         }
-        self.stats.retried.fetch_add(1, Ordering::Relaxed);
-        "retry"
+        JobOutcome::Retry
     }
 
     async fn defer(&self, job: &Job, at: chrono::DateTime<Utc>, why: &str) {
@@ -353,7 +355,6 @@ impl Runner {
         if let Err(e) = self.ctx.store.release(job, at, Some(why)).await {
             tracing::warn!(error = %e, "cannot defer the job; the lease will expire and the job run again");
         }
-        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn defer_throttled(&self, job: &Job, floor: chrono::DateTime<Utc>, why: &str) {
@@ -377,21 +378,18 @@ impl Runner {
             Err(e) => tracing::warn!(error = %e,
                 "cannot defer the throttled job; the lease will expire and the job run again"),
         }
-        self.stats.deferred.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn kill(&self, job: &Job, error: &str, request_id: Option<&str>) {
         if let Err(e) = self.ctx.store.kill(job, error, request_id).await {
             tracing::warn!(error = %e, "cannot mark the job dead");
         }
-        self.stats.dead.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn release(&self, job: &Job, why: &str) {
         if let Err(e) = self.ctx.store.release(job, Utc::now(), Some(why)).await {
             tracing::warn!(job_id = job.id, error = %e, "cannot release the job; its lease will expire");
         }
-        self.stats.released.fetch_add(1, Ordering::Relaxed);
     }
 }
 

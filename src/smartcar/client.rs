@@ -15,6 +15,7 @@ use super::auth::{TokenProvider, describe_transport};
 use super::error::{ApiError, ErrorKind};
 use super::model::{Connection, ConnectionsPage, Signal, SignalsPage, VehicleInfo};
 use crate::budget::Budget;
+use crate::events::CallClass;
 
 /// The largest page size seen anywhere; fewer round trips.
 pub const PAGE_SIZE: i64 = 100;
@@ -365,17 +366,10 @@ impl Client {
                 super::auth::CallOutcome::of_status(status.as_u16()),
             );
             if status.is_success() {
-                crate::events::api_call(endpoint, "2xx");
+                crate::events::api_call(endpoint, CallClass::Success);
                 return Ok((body.to_vec(), request_id));
             }
-            crate::events::api_call(
-                endpoint,
-                if status.is_server_error() {
-                    "5xx"
-                } else {
-                    "4xx"
-                },
-            );
+            crate::events::api_call(endpoint, CallClass::of_status(status.as_u16()));
             let err = ApiError::from_response(
                 endpoint,
                 status.as_u16(),
@@ -422,7 +416,7 @@ impl Client {
     }
 
     fn transport_error(&self, endpoint: &'static str, e: &reqwest::Error) -> ApiError {
-        crate::events::api_call(endpoint, "error");
+        crate::events::api_call(endpoint, CallClass::NoAnswer);
         let kind = if e.is_timeout() {
             ErrorKind::Timeout
         } else {

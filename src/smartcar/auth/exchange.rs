@@ -53,7 +53,7 @@ impl Refresher {
             }
             match self.fetch().await {
                 Ok(token) => {
-                    crate::events::token_request("ok");
+                    crate::events::token_request(crate::events::TokenOutcome::Issued);
                     transient = backoff(self.config.transient_backoff);
                     rejected = backoff(self.config.rejected_backoff);
                     self.shared.audit.issued(&token);
@@ -65,7 +65,7 @@ impl Refresher {
                 Err(e) => {
                     let (delay, error) = match e {
                         FetchError::Rejected(msg) => {
-                            crate::events::token_request("rejected");
+                            crate::events::token_request(crate::events::TokenOutcome::Rejected);
                             let delay = rejected.next().unwrap_or(self.config.rejected_backoff.1);
                             let retry_at = Utc::now() + to_chrono(delay);
                             // Once per attempt, never per job: this is the operator's problem.
@@ -84,7 +84,7 @@ impl Refresher {
                             )
                         }
                         FetchError::Transient(msg) => {
-                            crate::events::token_request("failed");
+                            crate::events::token_request(crate::events::TokenOutcome::Failed);
                             let delay = transient.next().unwrap_or(self.config.transient_backoff.1);
                             let retry_at = Utc::now() + to_chrono(delay);
                             tracing::warn!(error = %msg, retry_in_ms = delay.as_millis() as u64,
