@@ -650,7 +650,11 @@ async fn check_config(config: Config) -> ExitCode {
         return config_error(&e);
     }
     let shutdown = CancellationToken::new();
-    let client = match crate::daemon::build_client(&config, shutdown.clone()) {
+    let client = match crate::daemon::build_client(
+        &config,
+        shutdown.clone(),
+        &tokio_util::task::TaskTracker::new(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");

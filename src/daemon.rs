@@ -77,8 +77,12 @@ pub fn redact_url(url: &str) -> String {
 
 /// The token provider and the API client, as the config says. The provider's refresher stops
 /// with `shutdown`.
-pub fn build_client(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Client> {
-    build_client_with_secret(config, config.client_secret_source(), shutdown)
+pub fn build_client(
+    config: &Config,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Client> {
+    build_client_with_secret(config, config.client_secret_source(), shutdown, tracker)
 }
 
 /// [`build_client`] with a given secret source: the daemon keeps a handle on it so a reload
@@ -87,13 +91,14 @@ pub fn build_client_with_secret(
     config: &Config,
     client_secret: SecretSource,
     shutdown: CancellationToken,
+    tracker: &TaskTracker,
 ) -> anyhow::Result<Client> {
     let s = &config.smartcar;
     let http = crate::smartcar::client::http_client(s.request_timeout)
         .context("cannot build the HTTP client")?;
     let mut token_config = TokenConfig::new(s.auth_url.clone(), s.client_id.clone(), client_secret);
     token_config.request_timeout = s.request_timeout;
-    let tokens = TokenProvider::start(token_config, http.clone(), shutdown);
+    let tokens = TokenProvider::start(token_config, http.clone(), shutdown, tracker);
     let client = Client::new(
         ClientConfig {
             api_url: s.api_url.clone(),
@@ -200,7 +205,9 @@ impl Daemon {
             .await
             .context("cannot migrate the database")?;
         let client_secret = config.client_secret_source();
-        let client = build_client_with_secret(&config, client_secret.clone(), shutdown.clone())?;
+        let tracker = TaskTracker::new();
+        let client =
+            build_client_with_secret(&config, client_secret.clone(), shutdown.clone(), &tracker)?;
         if let Some(until) = store.app_paused_until(Utc::now()).await? {
             tracing::info!(until = %until, "the application is paused by a stored 429");
             client.pause_until(until);
@@ -212,7 +219,6 @@ impl Daemon {
             crate::budget::join(&store, &identity, budget).await;
         }
         let wake = Arc::new(Notify::new());
-        let tracker = TaskTracker::new();
         tracker.spawn(crate::budget::heartbeat_loop(
             store.clone(),
             identity.clone(),

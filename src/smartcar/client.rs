@@ -522,7 +522,12 @@ mod tests {
         let secret = SecretSource::value(secrecy::SecretString::from("s".to_owned()));
         let cfg = TokenConfig::new("http://127.0.0.1:9/token".into(), "id".into(), secret);
         let stop = tokio_util::sync::CancellationToken::new();
-        let tokens = TokenProvider::start(cfg, http.clone(), stop.clone());
+        let tokens = TokenProvider::start(
+            cfg,
+            http.clone(),
+            stop.clone(),
+            &tokio_util::task::TaskTracker::new(),
+        );
         let client = Client::new(
             ClientConfig {
                 api_url: "https://api.example/v3".into(),

@@ -25,7 +25,12 @@ fn tokens_for(auth_url: String, client_id: String, secret: SecretSource) -> Toke
     let mut cfg = TokenConfig::new(auth_url, client_id, secret);
     cfg.request_timeout = Duration::from_secs(2);
     cfg.transient_backoff = (Duration::from_millis(100), Duration::from_secs(1));
-    TokenProvider::start(cfg, http(), CancellationToken::new())
+    TokenProvider::start(
+        cfg,
+        http(),
+        CancellationToken::new(),
+        &tokio_util::task::TaskTracker::new(),
+    )
 }
 
 fn http() -> reqwest::Client {

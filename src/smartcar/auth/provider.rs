@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::exchange::Refresher;
 use super::*;
@@ -92,7 +93,12 @@ pub(super) fn usable(token: &AccessToken, now: Instant) -> bool {
 impl TokenProvider {
     /// Starts the refresher task. It stops when `shutdown` is cancelled. The first token is
     /// fetched on first demand.
-    pub fn start(config: TokenConfig, http: reqwest::Client, shutdown: CancellationToken) -> Self {
+    pub fn start(
+        config: TokenConfig,
+        http: reqwest::Client,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Self {
         let (tx, _rx) = watch::channel(State::Empty);
         let shared = Arc::new(Shared {
             state: tx,
@@ -106,7 +112,8 @@ impl TokenProvider {
             shared: shared.clone(),
             generation: 0,
         };
-        tokio::spawn(refresher.run(shutdown));
+        // In the caller's tracker: the daemon waits for it on the way out like every task.
+        tracker.spawn(refresher.run(shutdown));
         TokenProvider { shared }
     }
 
