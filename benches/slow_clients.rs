@@ -6,7 +6,7 @@
 //! ```
 //!
 //! The daemon is the release binary running `run` with its shipped HTTP bounds (header and body
-//! timeouts of 10 s, 4,096 connections, 16 MiB of bodies in flight), against a simulator whose
+//! timeouts of 10 s, 4,096 connections, 8 MiB of bodies in flight), against a simulator whose
 //! application bucket equals the daemon's configuration (the documented 120, refilling 2 a
 //! minute) and that fails 5 % of calls. The attacker is this process. It keeps SLOW_CLIENTS
 //! connections open for HOLD_SECS, reconnecting each one the daemon cuts: a third idle, a third

@@ -269,7 +269,7 @@ impl Default for HttpConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             max_connections: 4096,
-            max_body_bytes_in_flight: 16 * 1024 * 1024,
+            max_body_bytes_in_flight: 8 * 1024 * 1024,
         }
     }
 }
