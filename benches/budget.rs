@@ -113,6 +113,26 @@ fn config(db: &BenchDb, dir: &std::path::Path, sim: &Simulator) -> Res<std::path
     c.write(dir, sim)
 }
 
+/// No call may leave before a `Retry-After` ran out (the simulator counts those that did).
+fn check_retry_after(t: &mut Table, c: &smartcar_sim::CounterSnapshot) {
+    t.check(
+        "calls before a Retry-After",
+        c.calls_before_retry_after,
+        "0",
+        c.calls_before_retry_after == 0,
+    );
+}
+
+/// Every process of the cycle exited 0.
+fn check_exits(t: &mut Table, o: &Outcome) {
+    t.check(
+        "exit statuses",
+        format!("{:?}", o.exits),
+        "all 0",
+        o.exits.iter().all(|c| *c == Some(0)),
+    );
+}
+
 /// Cycle seconds `sync-once` reports at the end of its summary line (`…; 23.4s`).
 fn cycle_seconds(stdout: &str) -> Option<f64> {
     let line = stdout.lines().find(|l| l.starts_with("sync-once:"))?;
@@ -192,24 +212,14 @@ async fn exact(backend: &'static str, n: usize) -> Res<Table> {
         "<= 1 %",
         share_429 <= 0.01,
     );
-    t.check(
-        "calls before a Retry-After",
-        c.calls_before_retry_after,
-        "0",
-        c.calls_before_retry_after == 0,
-    );
+    check_retry_after(&mut t, &c);
     t.check(
         "readings stored exactly once",
         format!("{} of {}", cmp.matched, cmp.served),
         "all, no duplicates",
         cmp.exact(),
     );
-    t.check(
-        "exit statuses",
-        format!("{:?}", o.exits),
-        "all 0",
-        o.exits.iter().all(|c| *c == Some(0)),
-    );
+    check_exits(&mut t, &o);
     sim.shutdown().await;
     db.cleanup().await;
     Ok(t)
@@ -270,18 +280,8 @@ async fn smaller(backend: &'static str, n: usize) -> Res<Table> {
         "<= 3 %",
         share_429 <= 0.03,
     );
-    t.check(
-        "calls before a Retry-After",
-        c.calls_before_retry_after,
-        "0",
-        c.calls_before_retry_after == 0,
-    );
-    t.check(
-        "exit statuses",
-        format!("{:?}", o.exits),
-        "all 0",
-        o.exits.iter().all(|c| *c == Some(0)),
-    );
+    check_retry_after(&mut t, &c);
+    check_exits(&mut t, &o);
     sim.shutdown().await;
     db.cleanup().await;
     Ok(t)
