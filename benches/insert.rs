@@ -11,6 +11,7 @@
 //! throwaway cluster started from `/usr/lib/postgresql/*/bin` with its default durability
 //! (fsync on), else skipped. `BENCH_SAMPLES` changes the million.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
@@ -18,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Duration, Utc};
-use smartcar_sync::store::{NewSample, SampleSource, Store, StoreOptions};
+use smartcar_sync::store::{NewSample, SampleSource, Store, StoreOptions, compact};
 use sqlx::postgres::PgPoolCopyExt;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, Executor};
@@ -147,58 +148,46 @@ async fn sqlite(n: usize, per_poll_n: usize, base: DateTime<Utc>) -> anyhow::Res
     )
     .await?;
     let per_poll = through_store(&store, per_poll_n, POLL, base).await?;
-    admin.execute("DELETE FROM signal_samples").await?;
+    admin.execute("DELETE FROM samples").await?;
     let empty = sqlite_size(&mut admin, &path).await?;
     let per_1000 = through_store(&store, n, 1000, base).await?;
     let full = sqlite_size(&mut admin, &path).await?;
-    admin.execute("DELETE FROM signal_samples").await?;
+    admin.execute("DELETE FROM samples").await?;
 
-    // Raw: one transaction, 100-row prepared INSERTs with the timestamps pre-formatted.
+    // Raw: the same rows straight into `samples`, one transaction, 100-row prepared INSERTs,
+    // with the dictionary ids (already there from the store's run) and forms worked out first.
     let rows = samples(0..n, base);
-    let text: Vec<String> = rows
+    let ids = Ids::load_sqlite(&mut admin).await?;
+    let ingested = Utc::now().timestamp_micros();
+    let prepared: Vec<RawRow> = rows
         .iter()
-        .map(|s| s.recorded_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
-        .collect();
-    let now = Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        .map(|s| ids.row(s))
+        .collect::<anyhow::Result<_>>()?;
     const ROWS: usize = 100;
-    let one = "(?, ?, ?, ?, ?, ?, 'poll', ?)";
-    let sql = format!(
-        "INSERT INTO signal_samples \
-         (vehicle_id, code, recorded_at, value_num, unit, body, source, ingested_at) VALUES {}",
-        vec![one; ROWS].join(", ")
-    );
+    let one = "(?, ?, ?, ?, ?, ?, ?)";
+    let insert = "INSERT INTO samples \
+         (series_id, recorded_at, value_num, unit_id, body_id, form, ingest_delay_us) VALUES ";
+    let sql = format!("{insert}{}", vec![one; ROWS].join(", "));
     let t = Instant::now();
     let mut tx = admin.begin().await?;
-    for (chunk, times) in rows.chunks(ROWS).zip(text.chunks(ROWS)) {
-        if chunk.len() < ROWS {
-            for (s, at) in chunk.iter().zip(times) {
-                sqlx::query(&format!(
-                    "INSERT INTO signal_samples \
-                     (vehicle_id, code, recorded_at, value_num, unit, body, source, ingested_at) \
-                     VALUES {one}"
-                ))
-                .bind(&s.vehicle_id)
-                .bind(&s.code)
-                .bind(at)
-                .bind(s.value_num)
-                .bind(&s.unit)
-                .bind(&s.body)
-                .bind(&now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            continue;
-        }
-        let mut q = sqlx::query(&sql);
-        for (s, at) in chunk.iter().zip(times) {
+    for chunk in prepared.chunks(ROWS) {
+        let chunk_sql;
+        let mut q = if chunk.len() == ROWS {
+            sqlx::query(&sql)
+        } else {
+            chunk_sql = format!("{insert}{}", vec![one; chunk.len()].join(", "));
+            sqlx::query(&chunk_sql)
+        };
+        for r in chunk {
+            let at = r.recorded_at.timestamp_micros();
             q = q
-                .bind(&s.vehicle_id)
-                .bind(&s.code)
+                .bind(r.series_id)
                 .bind(at)
-                .bind(s.value_num)
-                .bind(&s.unit)
-                .bind(&s.body)
-                .bind(&now);
+                .bind(r.value_num)
+                .bind(r.unit_id)
+                .bind(r.body_id)
+                .bind(r.form)
+                .bind(ingested - at);
         }
         q.execute(&mut *tx).await?;
     }
@@ -214,10 +203,20 @@ async fn sqlite(n: usize, per_poll_n: usize, base: DateTime<Utc>) -> anyhow::Res
     })
 }
 
-/// The database file's size once the WAL is folded in.
-async fn sqlite_size(conn: &mut sqlx::SqliteConnection, path: &Path) -> anyhow::Result<u64> {
+/// The bytes of the database's pages in use (free pages, which a DELETE leaves, not counted)
+/// once the WAL is folded in.
+async fn sqlite_size(conn: &mut sqlx::SqliteConnection, _path: &Path) -> anyhow::Result<u64> {
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await?;
-    Ok(std::fs::metadata(path)?.len())
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut *conn)
+        .await?;
+    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+        .fetch_one(&mut *conn)
+        .await?;
+    let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(((pages - free) * size) as u64)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,37 +251,46 @@ async fn postgres_in(
     store.migrate().await?;
     let pool = sqlx::PgPool::connect(url).await?;
     let per_poll = through_store(&store, per_poll_n, POLL, base).await?;
-    pool.execute("TRUNCATE signal_samples").await?;
+    pool.execute("TRUNCATE samples").await?;
     let per_1000 = through_store(&store, n, 1000, base).await?;
+    // Every relation a sample lives in: the partitions of `samples` with their indexes, and
+    // the dictionaries (series, units, bodies) with theirs.
     let size: i64 = sqlx::query_scalar(
-        "SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('signal_samples')",
+        "SELECT (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('samples')) \
+               + pg_total_relation_size('sample_series') + pg_total_relation_size('sample_units') \
+               + pg_total_relation_size('sample_bodies')",
     )
     .fetch_one(&pool)
     .await?;
-    pool.execute("TRUNCATE signal_samples").await?;
+    pool.execute("TRUNCATE samples").await?;
 
-    // Raw: COPY in text format, 100k rows per COPY.
+    // Raw: COPY in text format straight into `samples`, 100k rows per COPY, with the
+    // dictionary ids (already there from the store's run) and forms worked out first.
     let now = Utc::now().to_rfc3339();
     let rows = samples(0..n, base);
+    let ids = Ids::load_postgres(&pool).await?;
+    let prepared: Vec<RawRow> = rows
+        .iter()
+        .map(|s| ids.row(s))
+        .collect::<anyhow::Result<_>>()?;
+    let null = |v: Option<String>| v.unwrap_or_else(|| "\\N".to_owned());
     let t = Instant::now();
-    for chunk in rows.chunks(100_000) {
-        let mut data = String::with_capacity(chunk.len() * 160);
-        for s in chunk {
-            let esc = |v: &str| v.replace('\\', "\\\\");
+    for chunk in prepared.chunks(100_000) {
+        let mut data = String::with_capacity(chunk.len() * 80);
+        for r in chunk {
             data.push_str(&format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\tpoll\t{now}\n",
-                s.vehicle_id,
-                s.code,
-                s.recorded_at.to_rfc3339(),
-                s.value_num.map_or("\\N".to_owned(), |v| v.to_string()),
-                s.unit.as_deref().unwrap_or("\\N"),
-                esc(&s.body),
+                "{}\t{}\t{now}\t{}\t{}\t{}\t{}\n",
+                r.recorded_at.to_rfc3339(),
+                null(r.value_num.map(|v| v.to_string())),
+                r.series_id,
+                null(r.body_id.map(|v| v.to_string())),
+                null(r.unit_id.map(|v| v.to_string())),
+                r.form,
             ));
         }
         let mut copy = pool
             .copy_in_raw(
-                "COPY signal_samples \
-                 (vehicle_id, code, recorded_at, value_num, unit, body, source, ingested_at) \
+                "COPY samples (recorded_at, value_num, ingested_at, series_id, body_id, unit_id, form) \
                  FROM STDIN",
             )
             .await?;
@@ -299,6 +307,103 @@ async fn postgres_in(
         raw_how: "COPY FROM STDIN, 100k rows",
         bytes_per_sample: size as f64 / n as f64,
     })
+}
+
+/// A sample as the raw baselines write it: dictionary ids resolved, form worked out.
+struct RawRow {
+    series_id: i64,
+    recorded_at: DateTime<Utc>,
+    value_num: Option<f64>,
+    unit_id: Option<i64>,
+    body_id: Option<i64>,
+    form: i16,
+}
+
+/// The dictionaries (series, units, bodies) as the store left them.
+struct Ids {
+    series: HashMap<(String, String), i64>,
+    units: HashMap<String, i64>,
+    /// By the hash of the text sent (the store's lookup key).
+    bodies: HashMap<i64, i64>,
+}
+
+impl Ids {
+    async fn load_sqlite(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<Ids> {
+        let series: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT vehicle_id, code, series_id FROM sample_series")
+                .fetch_all(&mut *conn)
+                .await?;
+        let units: Vec<(String, i64)> = sqlx::query_as("SELECT unit, unit_id FROM sample_units")
+            .fetch_all(&mut *conn)
+            .await?;
+        let bodies: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT hash, min(body_id) FROM sample_bodies WHERE hash IS NOT NULL GROUP BY hash",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(Ids::from(series, units, bodies))
+    }
+
+    async fn load_postgres(pool: &sqlx::PgPool) -> anyhow::Result<Ids> {
+        let series: Vec<(String, String, i32)> =
+            sqlx::query_as("SELECT vehicle_id, code, series_id FROM sample_series")
+                .fetch_all(pool)
+                .await?;
+        let units: Vec<(String, i16)> = sqlx::query_as("SELECT unit, unit_id FROM sample_units")
+            .fetch_all(pool)
+            .await?;
+        let bodies: Vec<(i64, i32)> = sqlx::query_as(
+            "SELECT hash, min(body_id) FROM sample_bodies WHERE hash IS NOT NULL GROUP BY hash",
+        )
+        .fetch_all(pool)
+        .await?;
+        Ok(Ids::from(
+            series
+                .into_iter()
+                .map(|(v, c, i)| (v, c, i64::from(i)))
+                .collect(),
+            units.into_iter().map(|(u, i)| (u, i64::from(i))).collect(),
+            bodies.into_iter().map(|(h, i)| (h, i64::from(i))).collect(),
+        ))
+    }
+
+    fn from(
+        series: Vec<(String, String, i64)>,
+        units: Vec<(String, i64)>,
+        bodies: Vec<(i64, i64)>,
+    ) -> Ids {
+        Ids {
+            series: series.into_iter().map(|(v, c, i)| ((v, c), i)).collect(),
+            units: units.into_iter().collect(),
+            bodies: bodies.into_iter().collect(),
+        }
+    }
+
+    fn row(&self, s: &NewSample) -> anyhow::Result<RawRow> {
+        let form = compact::form(s);
+        let series_id = *self
+            .series
+            .get(&(s.vehicle_id.clone(), s.code.clone()))
+            .context("series not stored")?;
+        let unit_id = match &s.unit {
+            Some(u) => Some(*self.units.get(u).context("unit not stored")?),
+            None => None,
+        };
+        let body_id = if compact::body_stored(form) {
+            let hash = compact::body_hash(&s.body);
+            Some(*self.bodies.get(&hash).context("body not stored")?)
+        } else {
+            None
+        };
+        Ok(RawRow {
+            series_id,
+            recorded_at: s.recorded_at,
+            value_num: s.value_num,
+            unit_id,
+            body_id,
+            form,
+        })
+    }
 }
 
 fn with_database(url: &str, db: &str) -> String {

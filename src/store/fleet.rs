@@ -348,7 +348,7 @@ impl Store {
 
     pub async fn sample_count(&self) -> Result<i64, StoreError> {
         self.pool
-            .opt("SELECT COUNT(*) AS n FROM signal_samples", args![])
+            .opt("SELECT COUNT(*) AS n FROM samples", args![])
             .await?
             .map_or(Ok(0), |r| r.int("n"))
     }

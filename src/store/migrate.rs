@@ -46,6 +46,11 @@ const SQLITE: Embedded = &[
         "rate_budget",
         include_str!("../../migrations/sqlite/0006_rate_budget.sql"),
     ),
+    (
+        8,
+        "compact samples",
+        include_str!("../../migrations/sqlite/0008_compact_samples.sql"),
+    ),
 ];
 
 const POSTGRES: Embedded = &[
@@ -79,16 +84,22 @@ const POSTGRES: Embedded = &[
         "rate_budget",
         include_str!("../../migrations/postgres/0006_rate_budget.sql"),
     ),
+    (
+        8,
+        "compact samples",
+        include_str!("../../migrations/postgres/0008_compact_samples.sql"),
+    ),
 ];
 
 #[derive(Debug)]
-struct Source(Embedded);
+struct Source(Embedded, i64);
 
 impl MigrationSource<'static> for Source {
     fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
         let migrations = self
             .0
             .iter()
+            .filter(|m| m.0 <= self.1)
             .map(|&(version, description, sql)| {
                 Migration::new(
                     version,
@@ -103,12 +114,14 @@ impl MigrationSource<'static> for Source {
     }
 }
 
-pub(crate) async fn sqlite() -> Result<Migrator, sqlx::migrate::MigrateError> {
-    Migrator::new(Source(SQLITE)).await
+/// The SQLite migrations up to `version` (`i64::MAX`: all).
+pub(crate) async fn sqlite(version: i64) -> Result<Migrator, sqlx::migrate::MigrateError> {
+    Migrator::new(Source(SQLITE, version)).await
 }
 
-pub(crate) async fn postgres() -> Result<Migrator, sqlx::migrate::MigrateError> {
-    Migrator::new(Source(POSTGRES)).await
+/// The PostgreSQL migrations up to `version` (`i64::MAX`: all).
+pub(crate) async fn postgres(version: i64) -> Result<Migrator, sqlx::migrate::MigrateError> {
+    Migrator::new(Source(POSTGRES, version)).await
 }
 
 #[cfg(test)]

@@ -1,15 +1,26 @@
 //! PostgreSQL-only statements: array (UNNEST) inserts and monthly partition management.
+//!
+//! The partitions of `samples` (migration 0008) keep the names they had as partitions of the
+//! old `signal_samples` table: `signal_samples_YYYYMM` and `signal_samples_default`.
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use super::{NewSample, SignalState, StoreError};
+use super::{NewSample, SignalState, StoreError, compact};
 
 /// Serialises partition DDL between daemons sharing the database.
 const PARTITION_LOCK: i64 = 0x5343_5359_4e43_0001;
 
-/// Inserts all samples in ONE statement (one round trip, whatever the count); rows already
-/// stored are left as they are (first writer wins). Returns the rows inserted.
+/// Inserts samples into the compact tables of migration 0008: the missing dictionary rows
+/// (series, units, bodies that cannot be rebuilt), then the samples, each step ONE array
+/// (UNNEST) statement whatever the count. Rows already stored are left as they are (first writer
+/// wins). Returns the rows inserted.
+///
+/// Dictionary inserts only propose rows that are missing: an identity value is drawn for every
+/// proposed row, conflict or not, so proposing every poll's series would burn through the
+/// sequence. Two transactions adding the same series or unit at once meet on its unique key (the
+/// second waits, then skips); the same body may be added twice, which is harmless (the lowest id
+/// is used).
 pub(crate) async fn insert_samples(
     tx: &mut Transaction<'static, Postgres>,
     samples: &[NewSample],
@@ -19,7 +30,8 @@ pub(crate) async fn insert_samples(
         return Ok(0);
     }
     let n = samples.len();
-    let (mut vid, mut code, mut rec, mut val, mut unit, mut body, mut src) = (
+    let (mut vid, mut code, mut rec, mut val, mut unit, mut hash, mut body, mut form) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -29,29 +41,71 @@ pub(crate) async fn insert_samples(
         Vec::with_capacity(n),
     );
     for s in samples {
+        let f = compact::form(s);
+        let stored = compact::body_stored(f);
         vid.push(s.vehicle_id.as_str());
         code.push(s.code.as_str());
         rec.push(s.recorded_at);
         val.push(s.value_num);
         unit.push(s.unit.as_deref());
-        body.push(s.body.as_str());
-        src.push(s.source.as_str());
+        hash.push(stored.then(|| compact::body_hash(&s.body)));
+        body.push(stored.then_some(s.body.as_str()));
+        form.push(f);
     }
-    let done = sqlx::query(
-        "INSERT INTO signal_samples \
-         (vehicle_id, code, recorded_at, value_num, unit, body, source, ingested_at) \
-         SELECT v, c, r, n, u, b::jsonb, s, $8 \
-         FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[], \
-                     $6::text[], $7::text[]) AS t(v, c, r, n, u, b, s) \
+    sqlx::query(
+        "INSERT INTO sample_series (vehicle_id, code) \
+         SELECT DISTINCT v, c FROM UNNEST($1::text[], $2::text[]) AS t(v, c) \
+         WHERE NOT EXISTS (SELECT 1 FROM sample_series s WHERE s.vehicle_id = t.v AND s.code = t.c) \
          ON CONFLICT DO NOTHING",
     )
-    .bind(vid)
-    .bind(code)
-    .bind(rec)
-    .bind(val)
-    .bind(unit)
-    .bind(body)
-    .bind(src)
+    .bind(&vid)
+    .bind(&code)
+    .execute(&mut **tx)
+    .await?;
+    if unit.iter().any(Option::is_some) {
+        sqlx::query(
+            "INSERT INTO sample_units (unit) \
+             SELECT DISTINCT u FROM UNNEST($1::text[]) AS t(u) \
+             WHERE u IS NOT NULL AND NOT EXISTS (SELECT 1 FROM sample_units x WHERE x.unit = t.u) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&unit)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if body.iter().any(Option::is_some) {
+        sqlx::query(
+            "INSERT INTO sample_bodies (hash, body) \
+             SELECT DISTINCT ON (h, b) h, b::jsonb FROM UNNEST($1::int8[], $2::text[]) AS t(h, b) \
+             WHERE b IS NOT NULL AND NOT EXISTS (SELECT 1 FROM sample_bodies x \
+                   WHERE x.hash = t.h AND x.body::text = (t.b::jsonb)::text)",
+        )
+        .bind(&hash)
+        .bind(&body)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let done = sqlx::query(
+        "INSERT INTO samples \
+         (recorded_at, value_num, ingested_at, series_id, body_id, unit_id, form) \
+         SELECT t.r, t.n, $9, s.series_id, \
+                (SELECT min(x.body_id) FROM sample_bodies x \
+                 WHERE x.hash = t.h AND x.body::text = (t.b::jsonb)::text), \
+                un.unit_id, t.f \
+         FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[], \
+                     $6::int8[], $7::text[], $8::int2[]) AS t(v, c, r, n, u, h, b, f) \
+         JOIN sample_series s ON s.vehicle_id = t.v AND s.code = t.c \
+         LEFT JOIN sample_units un ON un.unit = t.u \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&vid)
+    .bind(&code)
+    .bind(&rec)
+    .bind(&val)
+    .bind(&unit)
+    .bind(&hash)
+    .bind(&body)
+    .bind(&form)
     .bind(ingested_at)
     .execute(&mut **tx)
     .await?;
@@ -127,14 +181,13 @@ fn bound(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S+00").to_string()
 }
 
-/// True when migration 0002 made `signal_samples` a TimescaleDB hypertable (the extension was
+/// True when migrations 0002/0008 made `samples` a TimescaleDB hypertable (the extension was
 /// installed), i.e. it is not a natively partitioned table. Untested here: no TimescaleDB.
 async fn is_hypertable(pool: &PgPool) -> Result<bool, StoreError> {
-    let native: bool = sqlx::query_scalar(
-        "SELECT relkind = 'p' FROM pg_class WHERE oid = 'signal_samples'::regclass",
-    )
-    .fetch_one(pool)
-    .await?;
+    let native: bool =
+        sqlx::query_scalar("SELECT relkind = 'p' FROM pg_class WHERE oid = 'samples'::regclass")
+            .fetch_one(pool)
+            .await?;
     Ok(!native)
 }
 
@@ -181,7 +234,7 @@ pub(crate) async fn ensure_partitions(
             continue;
         }
         let ddl = format!(
-            "CREATE TABLE {name} PARTITION OF signal_samples FOR VALUES FROM ('{}') TO ('{}')",
+            "CREATE TABLE {name} PARTITION OF samples FOR VALUES FROM ('{}') TO ('{}')",
             bound(from),
             bound(to)
         );
@@ -202,7 +255,7 @@ pub(crate) async fn drop_partitions_before(
 ) -> Result<Vec<String>, StoreError> {
     if is_hypertable(pool).await? {
         let mut dropped: Vec<String> =
-            sqlx::query_scalar("SELECT drop_chunks('signal_samples', older_than => $1)::text")
+            sqlx::query_scalar("SELECT drop_chunks('samples', older_than => $1)::text")
                 .bind(cutoff)
                 .fetch_all(pool)
                 .await?;
@@ -218,7 +271,7 @@ pub(crate) async fn drop_partitions_before(
     let rows = sqlx::query(
         "SELECT c.relname::text AS name FROM pg_inherits i \
          JOIN pg_class c ON c.oid = i.inhrelid \
-         WHERE i.inhparent = 'signal_samples'::regclass",
+         WHERE i.inhparent = 'samples'::regclass",
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -109,6 +109,32 @@ impl Tx {
         }
     }
 
+    /// A poll's effect and its job's completion, inside this transaction (which may hold other
+    /// polls too: `group.rs`): completes the job, fenced (first, so a lost lease writes
+    /// nothing), stores the samples and statuses, marks the vehicle polled and connected.
+    pub(crate) async fn apply_poll(
+        &mut self,
+        job: &Job,
+        poll: &PollResult,
+        now: DateTime<Utc>,
+    ) -> Result<PollOutcome, StoreError> {
+        self.complete_fenced(job, now).await?;
+        let samples_inserted = self.ingest(&poll.samples, &poll.statuses, now).await?;
+        self.exec(
+            "UPDATE vehicles SET \
+               last_polled_at = CASE WHEN last_polled_at IS NULL OR last_polled_at < $1 \
+                                THEN $1 ELSE last_polled_at END, \
+               status_changed_at = CASE WHEN status <> 'connected' THEN $1 \
+                                   ELSE status_changed_at END, \
+               status = 'connected', status_reason = NULL, status_request_id = NULL, \
+               blocked_until = NULL, throttle_streak = 0 \
+             WHERE vehicle_id = $2",
+            args![poll.polled_at, poll.vehicle_id.as_str()],
+        )
+        .await?;
+        Ok(PollOutcome { samples_inserted })
+    }
+
     /// Enqueues one job per subject (skipping subjects with an open job of that kind).
     pub(crate) async fn enqueue_many(
         &mut self,
@@ -424,33 +450,6 @@ impl Store {
         fence(job, n)
     }
 
-    /// Stores a poll's samples and statuses, marks the vehicle polled and connected, and
-    /// completes the job — one transaction. On a lost lease nothing is written.
-    pub async fn finish_poll(
-        &self,
-        job: &Job,
-        poll: &PollResult,
-    ) -> Result<PollOutcome, StoreError> {
-        let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
-        tx.complete_fenced(job, now).await?;
-        let samples_inserted = tx.ingest(&poll.samples, &poll.statuses, now).await?;
-        tx.exec(
-            "UPDATE vehicles SET \
-               last_polled_at = CASE WHEN last_polled_at IS NULL OR last_polled_at < $1 \
-                                THEN $1 ELSE last_polled_at END, \
-               status_changed_at = CASE WHEN status <> 'connected' THEN $1 \
-                                   ELSE status_changed_at END, \
-               status = 'connected', status_reason = NULL, status_request_id = NULL, \
-               blocked_until = NULL, throttle_streak = 0 \
-             WHERE vehicle_id = $2",
-            args![poll.polled_at, poll.vehicle_id.as_str()],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(PollOutcome { samples_inserted })
-    }
-
     /// Applies a user's connections list and completes the sync job — one transaction: new
     /// vehicles are inserted (connected) and get a poll job due `now`; known ones are refreshed
     /// and set back to connected unless billing-limited or blocked for reconnect; the user's
@@ -588,6 +587,36 @@ impl Store {
             new_vehicles,
             vanished,
         })
+    }
+
+    /// Records one page of discovered users (source `discovery`) and enqueues a connections sync
+    /// for each new one while the discovery job still runs, so the syncs start while later
+    /// pages are fetched (paging is sequential: 100 pages are 2.5 s of a 7.6 s cycle). One
+    /// transaction, fenced on the job's lease without completing it (a worker that lost the
+    /// lease writes nothing); idempotent, so a retried discovery repeats it harmlessly. The job
+    /// completes with [`Store::finish_discovery`] after the last page. Returns the new users.
+    pub async fn discovered_page(
+        &self,
+        job: &Job,
+        user_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = tx
+            .exec(
+                concat!("UPDATE jobs SET updated_at = $1", fenced!("$2", "$3")),
+                args![now, job.id, job.lease_owner.as_str()],
+            )
+            .await?;
+        fence(job, n)?;
+        let mut new_users = tx
+            .insert_users(user_ids, super::UserSource::Discovery, now)
+            .await?;
+        new_users.sort();
+        tx.enqueue_many(JobKind::SyncConnections, &new_users, now)
+            .await?;
+        tx.commit().await?;
+        Ok(new_users)
     }
 
     /// Records discovered users (source `discovery`), enqueues a connections sync for each new

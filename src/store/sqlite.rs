@@ -3,36 +3,82 @@
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
-use super::{NewSample, SignalState, StoreError, time};
+use super::{NewSample, SignalState, StoreError, compact, time};
 
 /// Rows per multi-row INSERT: 8 parameters a row stays far below SQLite's parameter limit.
 const CHUNK: usize = 200;
 
-/// Inserts samples in multi-row chunks; rows already stored are left as they are (first writer
+/// Inserts samples in multi-row chunks into the compact tables of migration 0008 (the
+/// dictionaries first, then `samples`); rows already stored are left as they are (first writer
 /// wins). Returns the rows inserted.
 pub(crate) async fn insert_samples(
     tx: &mut Transaction<'static, Sqlite>,
     samples: &[NewSample],
     ingested_at: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
-    let ingested_at = time::to_text(ingested_at);
+    let ingested_us = ingested_at.timestamp_micros();
     let mut inserted = 0;
     for chunk in samples.chunks(CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO signal_samples \
-             (vehicle_id, code, recorded_at, value_num, unit, body, source, ingested_at) ",
-        );
+        let forms: Vec<i16> = chunk.iter().map(compact::form).collect();
+        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO sample_series (vehicle_id, code) ");
         qb.push_values(chunk, |mut b, s| {
             b.push_bind(s.vehicle_id.as_str())
-                .push_bind(s.code.as_str())
-                .push_bind(time::to_text(s.recorded_at))
-                .push_bind(s.value_num)
-                .push_bind(s.unit.as_deref())
-                .push_bind(s.body.as_str())
-                .push_bind(s.source.as_str())
-                .push_bind(ingested_at.clone());
+                .push_bind(s.code.as_str());
         });
         qb.push(" ON CONFLICT DO NOTHING");
+        qb.build().execute(&mut **tx).await?;
+        let units: Vec<&str> = chunk.iter().filter_map(|s| s.unit.as_deref()).collect();
+        if !units.is_empty() {
+            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO sample_units (unit) ");
+            qb.push_values(&units, |mut b, u| {
+                b.push_bind(*u);
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build().execute(&mut **tx).await?;
+        }
+        let bodies: Vec<&NewSample> = chunk
+            .iter()
+            .zip(&forms)
+            .filter(|(_, f)| compact::body_stored(**f))
+            .map(|(s, _)| s)
+            .collect();
+        if !bodies.is_empty() {
+            let mut qb = QueryBuilder::<Sqlite>::new("WITH t(h, b) AS (");
+            qb.push_values(&bodies, |mut b, s| {
+                b.push_bind(compact::body_hash(&s.body))
+                    .push_bind(s.body.as_str());
+            });
+            qb.push(
+                ") INSERT INTO sample_bodies (hash, body) SELECT DISTINCT h, b FROM t \
+                 WHERE NOT EXISTS (SELECT 1 FROM sample_bodies x WHERE x.hash = t.h AND x.body = t.b)",
+            );
+            qb.build().execute(&mut **tx).await?;
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new("WITH t(v, c, r, n, u, h, b, f) AS (");
+        qb.push_values(chunk.iter().zip(&forms), |mut b, (s, f)| {
+            let stored = compact::body_stored(*f);
+            b.push_bind(s.vehicle_id.as_str())
+                .push_bind(s.code.as_str())
+                .push_bind(s.recorded_at.timestamp_micros())
+                .push_bind(s.value_num)
+                .push_bind(s.unit.as_deref())
+                .push_bind(stored.then(|| compact::body_hash(&s.body)))
+                .push_bind(stored.then_some(s.body.as_str()))
+                .push_bind(*f);
+        });
+        qb.push(
+            ") INSERT INTO samples \
+             (series_id, recorded_at, value_num, unit_id, body_id, form, ingest_delay_us) \
+             SELECT s.series_id, t.r, t.n, un.unit_id, \
+                    (SELECT min(x.body_id) FROM sample_bodies x WHERE x.hash = t.h AND x.body = t.b), \
+                    t.f, ",
+        );
+        qb.push_bind(ingested_us);
+        qb.push(
+            " - t.r FROM t JOIN sample_series s ON s.vehicle_id = t.v AND s.code = t.c \
+             LEFT JOIN sample_units un ON un.unit = t.u \
+             WHERE true ON CONFLICT DO NOTHING",
+        );
         inserted += qb.build().execute(&mut **tx).await?.rows_affected();
     }
     Ok(inserted)
@@ -69,16 +115,21 @@ pub(crate) async fn upsert_statuses(
     Ok(())
 }
 
-/// Retention without partitions: delete the rows recorded before `cutoff`.
+/// Retention without partitions: delete the rows recorded before `cutoff`, series by series
+/// through the primary key (there is no index on time alone: it would cost as much as the
+/// table's own key for a daily delete).
 pub(crate) async fn delete_samples_before(
     pool: &SqlitePool,
     cutoff: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
-    let deleted = sqlx::query("DELETE FROM signal_samples WHERE recorded_at < $1")
-        .bind(time::to_text(cutoff))
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let deleted = sqlx::query(
+        "DELETE FROM samples WHERE series_id IN (SELECT series_id FROM sample_series) \
+         AND recorded_at < $1",
+    )
+    .bind(cutoff.timestamp_micros())
+    .execute(pool)
+    .await?
+    .rows_affected();
     tracing::info!(deleted, "deleted samples older than the retention cutoff");
     Ok(deleted)
 }

@@ -571,7 +571,7 @@ async fn check_reader_role(db_url: &str) {
     denied("SELECT * FROM jobs").await;
     denied("SELECT * FROM token_audit").await;
     denied("INSERT INTO users VALUES ('x', 'cli', now(), NULL)").await;
-    denied("DELETE FROM signal_samples").await;
+    denied("DELETE FROM samples").await;
     denied("UPDATE vehicles SET status = 'disconnected'").await;
     denied("CREATE TABLE evil (x int)").await;
     // And by default every transaction is read-only.

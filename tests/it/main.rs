@@ -15,3 +15,4 @@ mod security;
 mod service;
 mod store;
 mod support;
+mod upgrade;
