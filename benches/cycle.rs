@@ -157,7 +157,14 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
     let path = config.write(dir, &sim)?;
     let load_before = common::load();
     let sim_cpu_before = common::own_cpu_s();
-    let daemon = common::spawn_daemon(&path, &["sync-once"], "warn", "sync-once")?;
+    // BENCH_DAEMON_LOG=filter: the daemon's log level, and its last lines printed after the run.
+    let log = std::env::var("BENCH_DAEMON_LOG").ok().filter(|l| !l.is_empty());
+    let daemon = common::spawn_daemon(
+        &path,
+        &["sync-once"],
+        log.as_deref().unwrap_or("warn"),
+        "sync-once",
+    )?;
     let mut stopped = None;
     if let Some(polls) = case.stop_after_polls {
         let store = db.store().await?;
@@ -209,7 +216,7 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
     } else {
         t.check("sync-once exit status", code, "0", ok);
     }
-    if !ok {
+    if !ok || log.is_some() {
         eprintln!("daemon stderr:\n{}", tail(&stderr, 40));
     }
     let calls = c.api_calls as f64;

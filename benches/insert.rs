@@ -256,9 +256,9 @@ async fn postgres_in(
     // Every relation a sample lives in: the partitions of `samples` with their indexes, and
     // the dictionaries (series, units, bodies) with theirs.
     let size: i64 = sqlx::query_scalar(
-        "SELECT (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('samples')) \
+        "SELECT ((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('samples')) \
                + pg_total_relation_size('sample_series') + pg_total_relation_size('sample_units') \
-               + pg_total_relation_size('sample_bodies')",
+               + pg_total_relation_size('sample_bodies'))::bigint",
     )
     .fetch_one(&pool)
     .await?;

@@ -3,6 +3,8 @@
 //! The partitions of `samples` (migration 0008) keep the names they had as partitions of the
 //! old `signal_samples` table: `signal_samples_YYYYMM` and `signal_samples_default`.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -14,7 +16,11 @@ const PARTITION_LOCK: i64 = 0x5343_5359_4e43_0001;
 /// Inserts samples into the compact tables of migration 0008: the missing dictionary rows
 /// (series, units, bodies that cannot be rebuilt), then the samples, each step ONE array
 /// (UNNEST) statement whatever the count. Rows already stored are left as they are (first writer
-/// wins). Returns the rows inserted.
+/// wins). Returns the rows inserted per vehicle.
+///
+/// Every dictionary lookup is a scalar subquery, i.e. one index probe per row: as a join, the
+/// planner (which guesses 100 rows for an UNNEST) hashes the whole dictionary instead, a scan of
+/// `sample_series` per statement.
 ///
 /// Dictionary inserts only propose rows that are missing: an identity value is drawn for every
 /// proposed row, conflict or not, so proposing every poll's series would burn through the
@@ -25,9 +31,9 @@ pub(crate) async fn insert_samples(
     tx: &mut Transaction<'static, Postgres>,
     samples: &[NewSample],
     ingested_at: DateTime<Utc>,
-) -> Result<u64, StoreError> {
+) -> Result<HashMap<String, u64>, StoreError> {
     if samples.is_empty() {
-        return Ok(0);
+        return Ok(HashMap::new());
     }
     let n = samples.len();
     let (mut vid, mut code, mut rec, mut val, mut unit, mut hash, mut body, mut form) = (
@@ -55,7 +61,8 @@ pub(crate) async fn insert_samples(
     sqlx::query(
         "INSERT INTO sample_series (vehicle_id, code) \
          SELECT DISTINCT v, c FROM UNNEST($1::text[], $2::text[]) AS t(v, c) \
-         WHERE NOT EXISTS (SELECT 1 FROM sample_series s WHERE s.vehicle_id = t.v AND s.code = t.c) \
+         WHERE (SELECT s.series_id FROM sample_series s \
+                WHERE s.vehicle_id = t.v AND s.code = t.c) IS NULL \
          ON CONFLICT DO NOTHING",
     )
     .bind(&vid)
@@ -66,7 +73,7 @@ pub(crate) async fn insert_samples(
         sqlx::query(
             "INSERT INTO sample_units (unit) \
              SELECT DISTINCT u FROM UNNEST($1::text[]) AS t(u) \
-             WHERE u IS NOT NULL AND NOT EXISTS (SELECT 1 FROM sample_units x WHERE x.unit = t.u) \
+             WHERE u IS NOT NULL AND (SELECT x.unit_id FROM sample_units x WHERE x.unit = t.u) IS NULL \
              ON CONFLICT DO NOTHING",
         )
         .bind(&unit)
@@ -77,26 +84,30 @@ pub(crate) async fn insert_samples(
         sqlx::query(
             "INSERT INTO sample_bodies (hash, body) \
              SELECT DISTINCT ON (h, b) h, b::jsonb FROM UNNEST($1::int8[], $2::text[]) AS t(h, b) \
-             WHERE b IS NOT NULL AND NOT EXISTS (SELECT 1 FROM sample_bodies x \
-                   WHERE x.hash = t.h AND x.body::text = (t.b::jsonb)::text)",
+             WHERE b IS NOT NULL AND (SELECT min(x.body_id) FROM sample_bodies x \
+                   WHERE x.hash = t.h AND x.body::text = (t.b::jsonb)::text) IS NULL",
         )
         .bind(&hash)
         .bind(&body)
         .execute(&mut **tx)
         .await?;
     }
-    let done = sqlx::query(
-        "INSERT INTO samples \
-         (recorded_at, value_num, ingested_at, series_id, body_id, unit_id, form) \
-         SELECT t.r, t.n, $9, s.series_id, \
-                (SELECT min(x.body_id) FROM sample_bodies x \
-                 WHERE x.hash = t.h AND x.body::text = (t.b::jsonb)::text), \
-                un.unit_id, t.f \
-         FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[], \
-                     $6::int8[], $7::text[], $8::int2[]) AS t(v, c, r, n, u, h, b, f) \
-         JOIN sample_series s ON s.vehicle_id = t.v AND s.code = t.c \
-         LEFT JOIN sample_units un ON un.unit = t.u \
-         ON CONFLICT DO NOTHING",
+    let rows = sqlx::query(
+        "WITH ins AS (INSERT INTO samples \
+           (recorded_at, value_num, ingested_at, series_id, body_id, unit_id, form) \
+           SELECT t.r, t.n, $9, \
+                  (SELECT s.series_id FROM sample_series s \
+                   WHERE s.vehicle_id = t.v AND s.code = t.c), \
+                  (SELECT min(x.body_id) FROM sample_bodies x \
+                   WHERE x.hash = t.h AND x.body::text = (t.b::jsonb)::text), \
+                  (SELECT un.unit_id FROM sample_units un WHERE un.unit = t.u), t.f \
+           FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[], \
+                       $6::int8[], $7::text[], $8::int2[]) AS t(v, c, r, n, u, h, b, f) \
+           ON CONFLICT DO NOTHING \
+           RETURNING series_id) \
+         SELECT (SELECT s.vehicle_id FROM sample_series s WHERE s.series_id = ins.series_id) \
+                  AS vehicle_id, count(*)::int8 AS n \
+         FROM ins GROUP BY 1",
     )
     .bind(&vid)
     .bind(&code)
@@ -107,9 +118,14 @@ pub(crate) async fn insert_samples(
     .bind(&body)
     .bind(&form)
     .bind(ingested_at)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(done.rows_affected())
+    rows.iter()
+        .map(|r| {
+            let n: i64 = r.try_get("n")?;
+            Ok((r.try_get("vehicle_id")?, u64::try_from(n).unwrap_or(0)))
+        })
+        .collect()
 }
 
 /// Upserts signal statuses (already deduplicated: ON CONFLICT DO UPDATE may not touch a row

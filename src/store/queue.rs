@@ -1,6 +1,6 @@
 //! The durable job queue and the composite "effect + job done" transactions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +17,16 @@ macro_rules! on_open_conflict {
         " ON CONFLICT (kind, subject) WHERE state IN ('pending', 'running') DO NOTHING"
     };
 }
+
+/// A successful poll: the vehicle was polled at $1 and is connected (vehicle id $2).
+const MARK_POLLED: &str = "UPDATE vehicles SET \
+       last_polled_at = CASE WHEN last_polled_at IS NULL OR last_polled_at < $1 \
+                        THEN $1 ELSE last_polled_at END, \
+       status_changed_at = CASE WHEN status <> 'connected' THEN $1 \
+                           ELSE status_changed_at END, \
+       status = 'connected', status_reason = NULL, status_request_id = NULL, \
+       blocked_until = NULL, throttle_streak = 0 \
+     WHERE vehicle_id = $2";
 
 /// The fence: a claimed job may only be changed by the claim that holds its lease.
 macro_rules! fenced {
@@ -94,6 +104,20 @@ impl Tx {
         statuses: &[SignalState],
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        Ok(self
+            .ingest_by_vehicle(samples, statuses, now)
+            .await?
+            .values()
+            .sum())
+    }
+
+    /// [`Tx::ingest`], counting the rows inserted per vehicle (several polls in one batch).
+    pub(crate) async fn ingest_by_vehicle(
+        &mut self,
+        samples: &[NewSample],
+        statuses: &[SignalState],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, u64>, StoreError> {
         let statuses = dedup_statuses(statuses);
         match self {
             Tx::Sqlite(t) => {
@@ -109,6 +133,98 @@ impl Tx {
         }
     }
 
+    /// [`Tx::complete_fenced`] for several jobs in one statement; returns the (id, lease owner)
+    /// of the jobs it completed: the others lost their lease and must write nothing.
+    pub(crate) async fn complete_fenced_many(
+        &mut self,
+        jobs: &[&Job],
+        now: DateTime<Utc>,
+    ) -> Result<HashSet<(i64, String)>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows: Vec<(i64, String)> = match self {
+            Tx::Sqlite(t) => {
+                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = ",
+                );
+                qb.push_bind(super::time::to_text(now));
+                qb.push(", updated_at = ");
+                qb.push_bind(super::time::to_text(now));
+                qb.push(" WHERE state = 'running' AND (id, lease_owner) IN (VALUES ");
+                let mut first = true;
+                for j in jobs {
+                    if !first {
+                        qb.push(", ");
+                    }
+                    first = false;
+                    qb.push("(");
+                    qb.push_bind(j.id);
+                    qb.push(", ");
+                    qb.push_bind(j.lease_owner.as_str());
+                    qb.push(")");
+                }
+                qb.push(") RETURNING id, lease_owner");
+                qb.build_query_as().fetch_all(&mut **t).await?
+            }
+            Tx::Postgres(t) => {
+                // Index probes by id; a lease owner names its job (`prefix:id:random`), so
+                // matching any of the owners is matching each job's own.
+                let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+                let owners: Vec<&str> = jobs.iter().map(|j| j.lease_owner.as_str()).collect();
+                sqlx::query_as(
+                    "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = $1, \
+                     updated_at = $1 \
+                     WHERE id = ANY($2::int8[]) AND state = 'running' \
+                       AND lease_owner = ANY($3::text[]) \
+                     RETURNING id, lease_owner",
+                )
+                .bind(now)
+                .bind(ids)
+                .bind(owners)
+                .fetch_all(&mut **t)
+                .await?
+            }
+        };
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Marks vehicles polled (at each poll's time) and connected: the vehicle side of
+    /// [`Tx::apply_poll`] for several polls.
+    pub(crate) async fn mark_polled(&mut self, polls: &[&PollResult]) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(_) => {
+                for p in polls {
+                    self.exec(MARK_POLLED, args![p.polled_at, p.vehicle_id.as_str()])
+                        .await?;
+                }
+            }
+            Tx::Postgres(t) => {
+                let ids: Vec<&str> = polls.iter().map(|p| p.vehicle_id.as_str()).collect();
+                let at: Vec<DateTime<Utc>> = polls.iter().map(|p| p.polled_at).collect();
+                sqlx::query(
+                    "UPDATE vehicles v SET \
+                       last_polled_at = CASE WHEN v.last_polled_at IS NULL \
+                                        OR v.last_polled_at < f.ats[array_position($1, v.vehicle_id)] \
+                                        THEN f.ats[array_position($1, v.vehicle_id)] \
+                                        ELSE v.last_polled_at END, \
+                       status_changed_at = CASE WHEN v.status <> 'connected' \
+                                           THEN f.ats[array_position($1, v.vehicle_id)] \
+                                           ELSE v.status_changed_at END, \
+                       status = 'connected', status_reason = NULL, status_request_id = NULL, \
+                       blocked_until = NULL, throttle_streak = 0 \
+                     FROM (SELECT $2::timestamptz[] AS ats) f \
+                     WHERE v.vehicle_id = ANY($1::text[])",
+                )
+                .bind(ids)
+                .bind(at)
+                .execute(&mut **t)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// A poll's effect and its job's completion, inside this transaction (which may hold other
     /// polls too: `group.rs`): completes the job, fenced (first, so a lost lease writes
     /// nothing), stores the samples and statuses, marks the vehicle polled and connected.
@@ -120,18 +236,8 @@ impl Tx {
     ) -> Result<PollOutcome, StoreError> {
         self.complete_fenced(job, now).await?;
         let samples_inserted = self.ingest(&poll.samples, &poll.statuses, now).await?;
-        self.exec(
-            "UPDATE vehicles SET \
-               last_polled_at = CASE WHEN last_polled_at IS NULL OR last_polled_at < $1 \
-                                THEN $1 ELSE last_polled_at END, \
-               status_changed_at = CASE WHEN status <> 'connected' THEN $1 \
-                                   ELSE status_changed_at END, \
-               status = 'connected', status_reason = NULL, status_request_id = NULL, \
-               blocked_until = NULL, throttle_streak = 0 \
-             WHERE vehicle_id = $2",
-            args![poll.polled_at, poll.vehicle_id.as_str()],
-        )
-        .await?;
+        self.exec(MARK_POLLED, args![poll.polled_at, poll.vehicle_id.as_str()])
+            .await?;
         Ok(PollOutcome { samples_inserted })
     }
 

@@ -1,5 +1,7 @@
 //! SQLite-only statements: batched sample inserts and retention by DELETE.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 
@@ -8,80 +10,116 @@ use super::{NewSample, SignalState, StoreError, compact, time};
 /// Rows per multi-row INSERT: 8 parameters a row stays far below SQLite's parameter limit.
 const CHUNK: usize = 200;
 
-/// Inserts samples in multi-row chunks into the compact tables of migration 0008 (the
-/// dictionaries first, then `samples`); rows already stored are left as they are (first writer
-/// wins). Returns the rows inserted.
+/// Inserts samples in multi-row chunks into the compact tables of migration 0008: the
+/// dictionaries first (for all samples at once), then `samples`, vehicle by vehicle so the
+/// rows each vehicle gained are counted. Rows already stored are left as they are (first writer
+/// wins). Returns the rows inserted per vehicle.
 pub(crate) async fn insert_samples(
     tx: &mut Transaction<'static, Sqlite>,
     samples: &[NewSample],
     ingested_at: DateTime<Utc>,
-) -> Result<u64, StoreError> {
+) -> Result<HashMap<String, u64>, StoreError> {
     let ingested_us = ingested_at.timestamp_micros();
-    let mut inserted = 0;
-    for chunk in samples.chunks(CHUNK) {
-        let forms: Vec<i16> = chunk.iter().map(compact::form).collect();
-        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO sample_series (vehicle_id, code) ");
-        qb.push_values(chunk, |mut b, s| {
-            b.push_bind(s.vehicle_id.as_str())
-                .push_bind(s.code.as_str());
+    let forms: Vec<i16> = samples.iter().map(compact::form).collect();
+    for (chunk, forms) in samples.chunks(CHUNK).zip(forms.chunks(CHUNK)) {
+        insert_dictionaries(tx, chunk, forms).await?;
+    }
+    // Vehicle by vehicle, in the order given.
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_vehicle: HashMap<&str, Vec<(&NewSample, i16)>> = HashMap::new();
+    for (s, f) in samples.iter().zip(&forms) {
+        let rows = by_vehicle.entry(s.vehicle_id.as_str()).or_insert_with(|| {
+            order.push(s.vehicle_id.as_str());
+            Vec::new()
+        });
+        rows.push((s, *f));
+    }
+    let mut inserted = HashMap::new();
+    for vehicle in order {
+        let rows = by_vehicle.get(vehicle).map(Vec::as_slice).unwrap_or_default();
+        let mut n = 0;
+        for chunk in rows.chunks(CHUNK) {
+            n += insert_rows(tx, chunk, ingested_us).await?;
+        }
+        inserted.insert(vehicle.to_owned(), n);
+    }
+    Ok(inserted)
+}
+
+/// The series, units and bodies of `chunk` that are not stored yet.
+async fn insert_dictionaries(
+    tx: &mut Transaction<'static, Sqlite>,
+    chunk: &[NewSample],
+    forms: &[i16],
+) -> Result<(), StoreError> {
+    let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO sample_series (vehicle_id, code) ");
+    qb.push_values(chunk, |mut b, s| {
+        b.push_bind(s.vehicle_id.as_str()).push_bind(s.code.as_str());
+    });
+    qb.push(" ON CONFLICT DO NOTHING");
+    qb.build().execute(&mut **tx).await?;
+    let units: Vec<&str> = chunk.iter().filter_map(|s| s.unit.as_deref()).collect();
+    if !units.is_empty() {
+        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO sample_units (unit) ");
+        qb.push_values(&units, |mut b, u| {
+            b.push_bind(*u);
         });
         qb.push(" ON CONFLICT DO NOTHING");
         qb.build().execute(&mut **tx).await?;
-        let units: Vec<&str> = chunk.iter().filter_map(|s| s.unit.as_deref()).collect();
-        if !units.is_empty() {
-            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO sample_units (unit) ");
-            qb.push_values(&units, |mut b, u| {
-                b.push_bind(*u);
-            });
-            qb.push(" ON CONFLICT DO NOTHING");
-            qb.build().execute(&mut **tx).await?;
-        }
-        let bodies: Vec<&NewSample> = chunk
-            .iter()
-            .zip(&forms)
-            .filter(|(_, f)| compact::body_stored(**f))
-            .map(|(s, _)| s)
-            .collect();
-        if !bodies.is_empty() {
-            let mut qb = QueryBuilder::<Sqlite>::new("WITH t(h, b) AS (");
-            qb.push_values(&bodies, |mut b, s| {
-                b.push_bind(compact::body_hash(&s.body))
-                    .push_bind(s.body.as_str());
-            });
-            qb.push(
-                ") INSERT INTO sample_bodies (hash, body) SELECT DISTINCT h, b FROM t \
-                 WHERE NOT EXISTS (SELECT 1 FROM sample_bodies x WHERE x.hash = t.h AND x.body = t.b)",
-            );
-            qb.build().execute(&mut **tx).await?;
-        }
-        let mut qb = QueryBuilder::<Sqlite>::new("WITH t(v, c, r, n, u, h, b, f) AS (");
-        qb.push_values(chunk.iter().zip(&forms), |mut b, (s, f)| {
-            let stored = compact::body_stored(*f);
-            b.push_bind(s.vehicle_id.as_str())
-                .push_bind(s.code.as_str())
-                .push_bind(s.recorded_at.timestamp_micros())
-                .push_bind(s.value_num)
-                .push_bind(s.unit.as_deref())
-                .push_bind(stored.then(|| compact::body_hash(&s.body)))
-                .push_bind(stored.then_some(s.body.as_str()))
-                .push_bind(*f);
+    }
+    let bodies: Vec<&NewSample> = chunk
+        .iter()
+        .zip(forms)
+        .filter(|(_, f)| compact::body_stored(**f))
+        .map(|(s, _)| s)
+        .collect();
+    if !bodies.is_empty() {
+        let mut qb = QueryBuilder::<Sqlite>::new("WITH t(h, b) AS (");
+        qb.push_values(&bodies, |mut b, s| {
+            b.push_bind(compact::body_hash(&s.body))
+                .push_bind(s.body.as_str());
         });
         qb.push(
-            ") INSERT INTO samples \
-             (series_id, recorded_at, value_num, unit_id, body_id, form, ingest_delay_us) \
-             SELECT s.series_id, t.r, t.n, un.unit_id, \
-                    (SELECT min(x.body_id) FROM sample_bodies x WHERE x.hash = t.h AND x.body = t.b), \
-                    t.f, ",
+            ") INSERT INTO sample_bodies (hash, body) SELECT DISTINCT h, b FROM t \
+             WHERE NOT EXISTS (SELECT 1 FROM sample_bodies x WHERE x.hash = t.h AND x.body = t.b)",
         );
-        qb.push_bind(ingested_us);
-        qb.push(
-            " - t.r FROM t JOIN sample_series s ON s.vehicle_id = t.v AND s.code = t.c \
-             LEFT JOIN sample_units un ON un.unit = t.u \
-             WHERE true ON CONFLICT DO NOTHING",
-        );
-        inserted += qb.build().execute(&mut **tx).await?.rows_affected();
+        qb.build().execute(&mut **tx).await?;
     }
-    Ok(inserted)
+    Ok(())
+}
+
+/// One multi-row INSERT into `samples` (dictionaries already there).
+async fn insert_rows(
+    tx: &mut Transaction<'static, Sqlite>,
+    rows: &[(&NewSample, i16)],
+    ingested_us: i64,
+) -> Result<u64, StoreError> {
+    let mut qb = QueryBuilder::<Sqlite>::new("WITH t(v, c, r, n, u, h, b, f) AS (");
+    qb.push_values(rows, |mut b, (s, f)| {
+        let stored = compact::body_stored(*f);
+        b.push_bind(s.vehicle_id.as_str())
+            .push_bind(s.code.as_str())
+            .push_bind(s.recorded_at.timestamp_micros())
+            .push_bind(s.value_num)
+            .push_bind(s.unit.as_deref())
+            .push_bind(stored.then(|| compact::body_hash(&s.body)))
+            .push_bind(stored.then_some(s.body.as_str()))
+            .push_bind(*f);
+    });
+    qb.push(
+        ") INSERT INTO samples \
+         (series_id, recorded_at, value_num, unit_id, body_id, form, ingest_delay_us) \
+         SELECT s.series_id, t.r, t.n, un.unit_id, \
+                (SELECT min(x.body_id) FROM sample_bodies x WHERE x.hash = t.h AND x.body = t.b), \
+                t.f, ",
+    );
+    qb.push_bind(ingested_us);
+    qb.push(
+        " - t.r FROM t JOIN sample_series s ON s.vehicle_id = t.v AND s.code = t.c \
+         LEFT JOIN sample_units un ON un.unit = t.u \
+         WHERE true ON CONFLICT DO NOTHING",
+    );
+    Ok(qb.build().execute(&mut **tx).await?.rows_affected())
 }
 
 /// Upserts signal statuses (already deduplicated); an older observation never overwrites a newer.
