@@ -158,7 +158,9 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
     let load_before = common::load();
     let sim_cpu_before = common::own_cpu_s();
     // BENCH_DAEMON_LOG=filter: the daemon's log level, and its last lines printed after the run.
-    let log = std::env::var("BENCH_DAEMON_LOG").ok().filter(|l| !l.is_empty());
+    let log = std::env::var("BENCH_DAEMON_LOG")
+        .ok()
+        .filter(|l| !l.is_empty());
     let daemon = common::spawn_daemon(
         &path,
         &["sync-once"],

@@ -25,6 +25,7 @@ use crate::events::{self, JobOutcome};
 use crate::jobs::{self, JobContext, JobError};
 use crate::smartcar::Action;
 use crate::store::{Job, JobKind, StoreError};
+use crate::vehicle_status;
 pub use retry::RetryPolicy;
 
 /// The pool's settings (`[queue]`).
@@ -299,7 +300,7 @@ impl Runner {
                 JobOutcome::Deferred
             }
             Action::Permanent(problem) if job.kind == JobKind::PollSignals => {
-                let update = jobs::signals::status_for(problem, &err, now);
+                let update = vehicle_status::status_for(problem, &err, now);
                 tracing::warn!(error = %err, status = update.status.as_str(),
                     blocked_until = ?update.blocked_until, "vehicle cannot be polled");
                 match store

@@ -8,17 +8,20 @@
 //! committed by the next flush that starts, so its delay is at most the flushes already running
 //! plus its own (each at most `MAX_BATCH` polls: a few milliseconds, far below 50 ms).
 //!
-//! Architecture rule 1 holds per job: inside the batch each job's first statement is its fenced
-//! completion, and a job whose lease was lost is skipped before anything of it is written (it
-//! gets [`StoreError::LeaseLost`]) while the others in the batch still commit. Any other error
-//! rolls the whole batch back and every poll of it is retried alone, in its own transaction,
-//! so one poll's failure is reported to that poll only.
+//! Architecture rule 1 holds per job: the batch's first statement completes every job of it in
+//! one fenced `UPDATE … RETURNING`, and a job whose lease was lost (not returned) is left out
+//! before anything of it is written - it gets [`StoreError::LeaseLost`] - while the others in the
+//! batch still commit. The rest is a handful of set-based statements whatever the batch size (one
+//! ingest for every kept poll's samples and statuses, one vehicles update): a batch that ran each
+//! poll's statements in turn only moved onto one connection what had run on eight. Any error
+//! rolls the whole batch back and every poll of it is retried alone, in its own transaction, so
+//! one poll's failure is reported to that poll only.
 //!
 //! The flush runs in a task of its own: a caller dropped mid-flush (a job abandoned at shutdown)
 //! cannot roll back the other callers' polls.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -195,17 +198,14 @@ impl Store {
             .collect();
         let inserted = tx.ingest_by_vehicle(&samples, &statuses, now).await?;
         let polls: Vec<&PollResult> = kept.iter().map(|r| &r.poll).collect();
-        tx.mark_polled(&polls).await?;
+        tx.mark_polled_many(&polls).await?;
         tx.commit().await?;
         Ok(batch
             .iter()
             .map(|r| {
                 if done.contains(&(r.job.id, r.job.lease_owner.clone())) {
                     Ok(PollOutcome {
-                        samples_inserted: inserted
-                            .get(&r.poll.vehicle_id)
-                            .copied()
-                            .unwrap_or(0),
+                        samples_inserted: inserted.get(&r.poll.vehicle_id).copied().unwrap_or(0),
                     })
                 } else {
                     Err(StoreError::LeaseLost { job_id: r.job.id })
@@ -215,9 +215,12 @@ impl Store {
     }
 
     async fn commit_one(&self, job: &Job, poll: &PollResult) -> Result<PollOutcome, StoreError> {
+        let now = Utc::now();
         let mut tx = self.pool.begin().await?;
-        let outcome = tx.apply_poll(job, poll, Utc::now()).await?;
+        tx.complete_fenced(job, now).await?;
+        let samples_inserted = tx.ingest(&poll.samples, &poll.statuses, now).await?;
+        tx.mark_polled(&poll.vehicle_id, poll.polled_at).await?;
         tx.commit().await?;
-        Ok(outcome)
+        Ok(PollOutcome { samples_inserted })
     }
 }

@@ -36,7 +36,10 @@ pub(crate) async fn insert_samples(
     }
     let mut inserted = HashMap::new();
     for vehicle in order {
-        let rows = by_vehicle.get(vehicle).map(Vec::as_slice).unwrap_or_default();
+        let rows = by_vehicle
+            .get(vehicle)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let mut n = 0;
         for chunk in rows.chunks(CHUNK) {
             n += insert_rows(tx, chunk, ingested_us).await?;
@@ -54,7 +57,8 @@ async fn insert_dictionaries(
 ) -> Result<(), StoreError> {
     let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO sample_series (vehicle_id, code) ");
     qb.push_values(chunk, |mut b, s| {
-        b.push_bind(s.vehicle_id.as_str()).push_bind(s.code.as_str());
+        b.push_bind(s.vehicle_id.as_str())
+            .push_bind(s.code.as_str());
     });
     qb.push(" ON CONFLICT DO NOTHING");
     qb.build().execute(&mut **tx).await?;
