@@ -94,6 +94,7 @@ both!(
     release_does_not_use_an_attempt_but_retry_and_kill_do,
     finish_sync_reports_new_and_vanished_vehicles_and_enqueues_polls,
     a_lost_lease_rolls_back_the_whole_poll,
+    a_group_commit_keeps_every_poll_but_the_one_whose_lease_was_lost,
     record_tick_lets_exactly_one_caller_win_a_tick,
     timestamps_round_trip_at_microsecond_precision,
     sample_partitions_are_managed,
@@ -543,6 +544,47 @@ async fn a_lost_lease_rolls_back_the_whole_poll(store: Store) {
     let v1 = store.vehicle("v1").await.unwrap().unwrap();
     assert_eq!(v1.last_polled_at, Some(t(1)));
     assert_eq!(store.open_jobs(None).await.unwrap(), 0);
+}
+
+/// Polls finishing together share one transaction (group commit): the one whose lease was lost
+/// writes nothing and gets `LeaseLost`; every other poll of the batch commits.
+async fn a_group_commit_keeps_every_poll_but_the_one_whose_lease_was_lost(store: Store) {
+    let vehicles = ["g1", "g2", "g3", "g4", "g5", "g6"];
+    user_with_vehicles(&store, "u1", &vehicles).await;
+    let jobs = store.claim("test", t(1), LEASE, 10).await.unwrap();
+    assert_eq!(jobs.len(), vehicles.len());
+    let mut tasks = Vec::new();
+    for job in jobs {
+        let mut job = job;
+        let lost = job.subject == "g3";
+        if lost {
+            // Another claim holds this job now: this worker's token no longer fences it.
+            job.lease_owner = "test:0:stale".into();
+        }
+        let poll = PollResult {
+            vehicle_id: job.subject.clone(),
+            samples: vec![sample(&job.subject, "odometer", t(0), 1.5)],
+            statuses: Vec::new(),
+            polled_at: t(1),
+        };
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            (lost, s.finish_poll(&job, &poll).await)
+        }));
+    }
+    for task in tasks {
+        match task.await.unwrap() {
+            (true, r) => assert!(matches!(r, Err(StoreError::LeaseLost { .. })), "{r:?}"),
+            (false, r) => assert_eq!(r.unwrap().samples_inserted, 1),
+        }
+    }
+    assert_eq!(store.sample_count().await.unwrap(), 5);
+    for v in vehicles {
+        let polled = store.vehicle(v).await.unwrap().unwrap().last_polled_at;
+        assert_eq!(polled, (v != "g3").then(|| t(1)), "{v}");
+    }
+    // Only the lost poll's job is still open (its real claim has not finished).
+    assert_eq!(store.open_jobs(None).await.unwrap(), 1);
 }
 
 async fn record_tick_lets_exactly_one_caller_win_a_tick(store: Store) {
