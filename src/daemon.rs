@@ -273,6 +273,8 @@ impl Daemon {
             JobContext {
                 store: self.store.clone(),
                 client: self.client.clone(),
+                allowance: self.config.allowance(),
+                subscriptions: self.config.subscriptions(),
             },
             queue_settings(&self.config),
             self.wake.clone(),
@@ -289,6 +291,7 @@ impl Daemon {
             self.store.clone(),
             self.wake.clone(),
         )
+        .map(|s| s.with_allowance(self.config.allowance()))
         .map_err(anyhow::Error::msg)
     }
 

@@ -46,6 +46,11 @@ const SQLITE: Embedded = &[
         "rate_budget",
         include_str!("../../migrations/sqlite/0006_rate_budget.sql"),
     ),
+    (
+        7,
+        "allowance",
+        include_str!("../../migrations/sqlite/0007_allowance.sql"),
+    ),
 ];
 
 const POSTGRES: Embedded = &[
@@ -78,6 +83,11 @@ const POSTGRES: Embedded = &[
         6,
         "rate_budget",
         include_str!("../../migrations/postgres/0006_rate_budget.sql"),
+    ),
+    (
+        7,
+        "allowance",
+        include_str!("../../migrations/postgres/0007_allowance.sql"),
     ),
 ];
 

@@ -59,6 +59,7 @@ macro_rules! reconnect_set {
     };
 }
 
+mod allowance;
 mod audit;
 mod budget;
 mod connect;
@@ -72,6 +73,7 @@ mod sqlite;
 pub mod time;
 mod webhooks;
 
+pub use allowance::{BudgetRow, PlanCandidate, PlanRecord};
 pub use audit::TokenAuditRow;
 pub use budget::{BudgetView, DaemonBeat, DaemonRow};
 pub use connect::{ConnectRedemption, StateProof};
