@@ -490,10 +490,12 @@ mod tests {
     }
 
     #[test]
-    fn an_active_vehicle_on_track_makes_exactly_its_target_and_a_parked_one_fewer() {
+    fn an_active_vehicle_on_track_makes_its_target_and_a_parked_one_fewer() {
+        // 9 for an active vehicle (8 when its phase puts the last poll inside the guard before
+        // the period's end), 3.6 on average for a parked one.
         let a = allowance(10, "60s", 1);
         let start = t("2026-01-01T00:00:00Z");
-        for (state, lo, hi) in [(VehicleState::Moving, 9, 9), (VehicleState::Parked, 3, 4)] {
+        for (state, lo, hi) in [(VehicleState::Moving, 8, 9), (VehicleState::Parked, 3, 4)] {
             for n in 0..50 {
                 let id = format!("v{n}");
                 let mut used = 0;
