@@ -259,6 +259,11 @@ pub fn render() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallClass {
     Success,
+    /// 401: the token was refused (the client refreshes it once and retries).
+    Unauthorized,
+    /// 429: the application's or the vehicle's rate limit.
+    RateLimited,
+    /// Any other 4xx (and 1xx/3xx, which the API never sends).
     ClientError,
     ServerError,
     /// No answer: timeout, refused, reset.
@@ -270,15 +275,19 @@ impl CallClass {
     pub fn of_status(status: u16) -> CallClass {
         match status {
             200..=299 => CallClass::Success,
+            401 => CallClass::Unauthorized,
+            429 => CallClass::RateLimited,
             500..=599 => CallClass::ServerError,
             _ => CallClass::ClientError,
         }
     }
 
+    /// The `class` label of `smartcar_api_calls_total`: 401s and 429s count as `4xx` there
+    /// (they have their own metrics); the per-token audit keeps them apart.
     pub fn as_str(self) -> &'static str {
         match self {
             CallClass::Success => "2xx",
-            CallClass::ClientError => "4xx",
+            CallClass::Unauthorized | CallClass::RateLimited | CallClass::ClientError => "4xx",
             CallClass::ServerError => "5xx",
             CallClass::NoAnswer => "error",
         }
@@ -295,8 +304,27 @@ pub fn api_call(endpoint: &'static str, class: CallClass) {
     tracing::debug!(endpoint, class, "api call");
 }
 
+/// Whose limit a 429 reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateScope {
+    /// The application's bucket (`SMARTCAR_API`): every process pauses.
+    App,
+    /// One vehicle's throttle: that vehicle's poll waits.
+    Vehicle,
+}
+
+impl RateScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateScope::App => "app",
+            RateScope::Vehicle => "vehicle",
+        }
+    }
+}
+
 /// A 429, app-wide or for one vehicle.
-pub fn rate_limited(scope: &'static str, until: DateTime<Utc>, request_id: Option<&str>) {
+pub fn rate_limited(scope: RateScope, until: DateTime<Utc>, request_id: Option<&str>) {
+    let scope = scope.as_str();
     metrics()
         .rate_limited
         .get_or_create(&ScopeLabels { scope })
@@ -420,10 +448,64 @@ pub fn webhook_event_label(event_type: &str) -> &'static str {
     }
 }
 
-/// A webhook delivery was answered. `event_type` is whatever the body said; it is reduced to
+/// How a webhook request was answered (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookAnswer {
+    /// A new delivery, durably stored.
+    Stored,
+    /// A redelivery of an event already stored: nothing written.
+    Duplicate,
+    /// A `VERIFY` challenge answered.
+    Verified,
+    /// An event type this daemon does not handle, acknowledged so Smartcar stops retrying.
+    Ignored,
+    /// The body is not the envelope the contract describes.
+    Malformed,
+    MissingSignature,
+    BadSignature,
+    /// A `VERIFY` challenge that is not an opaque token.
+    BadChallenge,
+    /// A `VERIFY` outside the window after start or reload.
+    VerifyClosed,
+    /// No management token to check signatures with.
+    NotConfigured,
+    /// The database did not take it: Smartcar will redeliver.
+    Failed,
+    TooLarge,
+    TooSlow,
+    /// Too many body bytes in flight over all connections.
+    Busy,
+    /// The body broke off.
+    BrokenBody,
+}
+
+impl WebhookAnswer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookAnswer::Stored => "stored",
+            WebhookAnswer::Duplicate => "duplicate",
+            WebhookAnswer::Verified => "verified",
+            WebhookAnswer::Ignored => "ignored",
+            WebhookAnswer::Malformed => "malformed",
+            WebhookAnswer::MissingSignature => "missing_signature",
+            WebhookAnswer::BadSignature => "bad_signature",
+            WebhookAnswer::BadChallenge => "bad_challenge",
+            WebhookAnswer::VerifyClosed => "verify_closed",
+            WebhookAnswer::NotConfigured => "not_configured",
+            WebhookAnswer::Failed => "failed",
+            WebhookAnswer::TooLarge => "rejected_too_large",
+            WebhookAnswer::TooSlow => "rejected_too_slow",
+            WebhookAnswer::Busy => "rejected_busy",
+            WebhookAnswer::BrokenBody => "rejected_body",
+        }
+    }
+}
+
+/// A webhook request was answered. `event_type` is whatever the body said; it is reduced to
 /// [`webhook_event_label`] for both the metric and the log line.
-pub fn webhook(event_type: &str, outcome: &'static str) {
+pub fn webhook(event_type: &str, answer: WebhookAnswer) {
     let event_type = webhook_event_label(event_type);
+    let outcome = answer.as_str();
     metrics()
         .webhooks
         .get_or_create(&WebhookLabels {

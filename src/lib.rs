@@ -27,3 +27,4 @@ pub mod schedule;
 pub mod smartcar;
 pub mod store;
 pub mod telemetry;
+pub mod vehicle_status;

@@ -60,7 +60,7 @@ impl Period {
                     .with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
                     .single()
                     .unwrap_or(t);
-                (start, crate::jobs::signals::next_month(t))
+                (start, crate::vehicle_status::next_month(t))
             }
             Period::Every(d) => {
                 let d_ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1);

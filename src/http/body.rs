@@ -33,13 +33,14 @@ pub(super) enum Rejected {
 }
 
 impl Rejected {
-    /// The metric outcome.
-    pub(super) fn outcome(self) -> &'static str {
+    /// The webhook event's outcome.
+    pub(super) fn outcome(self) -> crate::events::WebhookAnswer {
+        use crate::events::WebhookAnswer;
         match self {
-            Rejected::TooLarge => "rejected_too_large",
-            Rejected::TooSlow => "rejected_too_slow",
-            Rejected::Busy => "rejected_busy",
-            Rejected::Broken => "rejected_body",
+            Rejected::TooLarge => WebhookAnswer::TooLarge,
+            Rejected::TooSlow => WebhookAnswer::TooSlow,
+            Rejected::Busy => WebhookAnswer::Busy,
+            Rejected::Broken => WebhookAnswer::BrokenBody,
         }
     }
 }

@@ -12,11 +12,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::{HttpState, STORE_DEADLINE, body, hmac_hex, hmac_verify};
-use crate::events;
+use crate::events::{self, WebhookAnswer};
 use crate::ids::{self, Escaped};
-use crate::jobs::signals::{next_month, readings};
+use crate::jobs::signals::readings;
 use crate::smartcar::model::webhook_signals;
-use crate::store::{SampleSource, VehicleErrorUpdate, VehicleStatus, WebhookDelivery};
+use crate::store::{SampleSource, VehicleErrorUpdate, WebhookDelivery};
+use crate::vehicle_status;
 
 /// Longest VERIFY challenge answered. Smartcar's challenges are short random tokens.
 pub const MAX_CHALLENGE_LEN: usize = 128;
@@ -37,9 +38,27 @@ pub fn challenge_is_acceptable(challenge: &str) -> bool {
         })
 }
 
-fn answer(status: StatusCode, event_type: &str, outcome: &'static str) -> Response {
-    events::webhook(event_type, outcome);
-    (status, Json(json!({ "status": outcome }))).into_response()
+/// Answers a webhook request: its event (log line and metric) and the HTTP status that
+/// belongs to that answer. Only a 2xx stops Smartcar's redeliveries, so only what is stored
+/// (or deliberately ignored) gets one.
+fn answer(event_type: &str, a: WebhookAnswer) -> Response {
+    events::webhook(event_type, a);
+    let status = match a {
+        WebhookAnswer::Stored | WebhookAnswer::Duplicate | WebhookAnswer::Verified => {
+            StatusCode::OK
+        }
+        WebhookAnswer::Ignored => StatusCode::ACCEPTED,
+        WebhookAnswer::Malformed | WebhookAnswer::BadChallenge => StatusCode::BAD_REQUEST,
+        WebhookAnswer::MissingSignature | WebhookAnswer::BadSignature => StatusCode::UNAUTHORIZED,
+        WebhookAnswer::VerifyClosed => StatusCode::FORBIDDEN,
+        WebhookAnswer::NotConfigured | WebhookAnswer::Failed | WebhookAnswer::Busy => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        WebhookAnswer::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        WebhookAnswer::TooSlow => StatusCode::REQUEST_TIMEOUT,
+        WebhookAnswer::BrokenBody => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(json!({ "status": a.as_str() }))).into_response()
 }
 
 pub(super) async fn receive(
@@ -59,14 +78,14 @@ pub(super) async fn receive(
         Some(Ok(key)) => key,
         Some(Err(e)) => {
             tracing::error!(error = %e, "webhook refused: cannot read the management token");
-            return answer(StatusCode::SERVICE_UNAVAILABLE, "unknown", "not_configured");
+            return answer("unknown", WebhookAnswer::NotConfigured);
         }
         None => {
             tracing::error!(
                 "webhook refused: no management token configured \
                  (SMARTCAR_MANAGEMENT_TOKEN or smartcar.management_token_file)"
             );
-            return answer(StatusCode::SERVICE_UNAVAILABLE, "unknown", "not_configured");
+            return answer("unknown", WebhookAnswer::NotConfigured);
         }
     };
     let signature = headers
@@ -76,38 +95,35 @@ pub(super) async fn receive(
     if let Some(sig) = signature
         && !hmac_verify(&key, &body, sig)
     {
-        return answer(StatusCode::UNAUTHORIZED, "unknown", "bad_signature");
+        return answer("unknown", WebhookAnswer::BadSignature);
     }
     let Ok(envelope) = serde_json::from_slice::<Value>(&body) else {
-        let outcome = if signature.is_some() {
-            "malformed"
-        } else {
-            "missing_signature"
-        };
-        let status = if signature.is_some() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::UNAUTHORIZED
-        };
-        return answer(status, "unknown", outcome);
+        return answer(
+            "unknown",
+            if signature.is_some() {
+                WebhookAnswer::Malformed
+            } else {
+                WebhookAnswer::MissingSignature
+            },
+        );
     };
     let Some(event_type) = envelope.get("eventType").and_then(Value::as_str) else {
         if signature.is_none() {
-            return answer(StatusCode::UNAUTHORIZED, "unknown", "missing_signature");
+            return answer("unknown", WebhookAnswer::MissingSignature);
         }
-        return answer(StatusCode::BAD_REQUEST, "unknown", "malformed");
+        return answer("unknown", WebhookAnswer::Malformed);
     };
     // Only VERIFY comes unsigned.
     if event_type == "VERIFY" {
         return verify(&state, &envelope, &key);
     }
     if signature.is_none() {
-        return answer(StatusCode::UNAUTHORIZED, event_type, "missing_signature");
+        return answer(event_type, WebhookAnswer::MissingSignature);
     }
     match event_type {
         "VEHICLE_STATE" | "VEHICLE_ERROR" => deliver(&state, event_type, &envelope, &body).await,
         // New event types must not make Smartcar retry: acknowledge and ignore.
-        _ => answer(StatusCode::ACCEPTED, "other", "ignored"),
+        _ => answer("other", WebhookAnswer::Ignored),
     }
 }
 
@@ -116,23 +132,23 @@ pub(super) async fn receive(
 /// verification is open (`[http] verify_window` after start or SIGHUP).
 fn verify(state: &HttpState, envelope: &Value, key: &secrecy::SecretString) -> Response {
     let Some(challenge) = envelope.pointer("/data/challenge").and_then(Value::as_str) else {
-        return answer(StatusCode::BAD_REQUEST, "VERIFY", "malformed");
+        return answer("VERIFY", WebhookAnswer::Malformed);
     };
     if !challenge_is_acceptable(challenge) {
         tracing::warn!(
             challenge_len = challenge.len(),
             "VERIFY refused: the challenge is not a short opaque token (a forged signing request?)"
         );
-        return answer(StatusCode::BAD_REQUEST, "VERIFY", "bad_challenge");
+        return answer("VERIFY", WebhookAnswer::BadChallenge);
     }
     if !state.secrets.verify_is_open() {
         tracing::warn!(
             "VERIFY refused: verification is closed (http.verify_window); send SIGHUP \
              (systemctl reload) to open it, then verify the webhook in Smartcar's dashboard"
         );
-        return answer(StatusCode::FORBIDDEN, "VERIFY", "verify_closed");
+        return answer("VERIFY", WebhookAnswer::VerifyClosed);
     }
-    events::webhook("VERIFY", "verified");
+    events::webhook("VERIFY", WebhookAnswer::Verified);
     (
         StatusCode::OK,
         Json(json!({ "challenge": hmac_hex(key, challenge.as_bytes()) })),
@@ -165,7 +181,7 @@ async fn deliver(state: &HttpState, event_type: &str, envelope: &Value, raw: &[u
         Ok::<_, ()>((event_id, vehicle_id, user_id))
     })();
     let Ok((event_id, vehicle_id, user_id)) = ids else {
-        return answer(StatusCode::BAD_REQUEST, event_type, "malformed");
+        return answer(event_type, WebhookAnswer::Malformed);
     };
     let now = Utc::now();
     let (samples, statuses, errors) = if event_type == "VEHICLE_STATE" {
@@ -212,19 +228,19 @@ async fn deliver(state: &HttpState, event_type: &str, envelope: &Value, raw: &[u
                 vehicles_updated = outcome.vehicles_updated,
                 "webhook stored"
             );
-            answer(StatusCode::OK, event_type, "stored")
+            answer(event_type, WebhookAnswer::Stored)
         }
-        Ok(Ok(None)) => answer(StatusCode::OK, event_type, "duplicate"),
+        Ok(Ok(None)) => answer(event_type, WebhookAnswer::Duplicate),
         Ok(Err(e)) => {
             tracing::warn!(event_id, error = %e, "webhook not stored; Smartcar will redeliver");
-            answer(StatusCode::SERVICE_UNAVAILABLE, event_type, "failed")
+            answer(event_type, WebhookAnswer::Failed)
         }
         Err(_) => {
             tracing::warn!(
                 event_id,
                 "webhook not stored in time; Smartcar will redeliver"
             );
-            answer(StatusCode::SERVICE_UNAVAILABLE, event_type, "failed")
+            answer(event_type, WebhookAnswer::Failed)
         }
     }
 }
@@ -242,15 +258,12 @@ fn vehicle_error(e: &Value, now: DateTime<Utc>) -> Option<VehicleErrorUpdate> {
     if text("state").eq_ignore_ascii_case("RESOLVED") {
         return Some(VehicleErrorUpdate::Resolved { marker });
     }
-    let (status, blocked_until) = match error_type {
-        "PERMISSION" => (Some(VehicleStatus::PermissionDenied), None),
-        "COMPATIBILITY" => (Some(VehicleStatus::Incompatible), None),
-        "BILLING" => (Some(VehicleStatus::BillingLimited), Some(next_month(now))),
-        "CONNECTED_SERVICES_ACCOUNT" => (
-            Some(VehicleStatus::NeedsReconnect),
-            Some(now + chrono::Duration::hours(6)),
-        ),
-        _ => (None, None),
+    let (status, blocked_until) = match vehicle_status::problem_of_webhook_error(error_type) {
+        Some(problem) => {
+            let (status, until) = vehicle_status::consequence(problem, now);
+            (Some(status), until)
+        }
+        None => (None, None),
     };
     let mut reason = format!("{marker} {}", text("description"));
     reason.truncate(reason.trim_end().len());
@@ -277,7 +290,7 @@ mod tests {
         let Some(VehicleErrorUpdate::Raised { status, reason, .. }) = raised else {
             panic!("{raised:?}");
         };
-        assert_eq!(status, Some(VehicleStatus::BillingLimited));
+        assert_eq!(status, Some(crate::store::VehicleStatus::BillingLimited));
         let resolved = vehicle_error(
             &json!({"type": "BILLING", "code": "VEHICLE_LIMIT", "state": "RESOLVED"}),
             now,

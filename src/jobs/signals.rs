@@ -10,16 +10,14 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 
 use super::{Done, JobContext, JobError};
 use crate::events::AllowanceSkip;
 use crate::plan::{Allowance, VehicleFacts, VehicleState};
 use crate::smartcar::time::plausible_reading_time;
-use crate::smartcar::{ApiError, Signal, SignalStatus, VehicleProblem};
-use crate::store::{
-    Job, NewSample, PollResult, SampleSource, SignalState, VehicleStatus, VehicleStatusUpdate,
-};
+use crate::smartcar::{Signal, SignalStatus};
+use crate::store::{Job, NewSample, PollResult, SampleSource, SignalState};
 
 pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let vehicle_id = job.subject.as_str();
@@ -292,77 +290,4 @@ pub fn readings(
         }
     }
     (samples, statuses)
-}
-
-/// The vehicle status a permanent error sets, and until when polling stops.
-pub fn status_for(
-    problem: VehicleProblem,
-    err: &ApiError,
-    now: DateTime<Utc>,
-    allowance: Option<&Allowance>,
-) -> VehicleStatusUpdate {
-    let (status, blocked_until) = match problem {
-        VehicleProblem::PermissionDenied => (VehicleStatus::PermissionDenied, None),
-        VehicleProblem::NotFound => (VehicleStatus::Disconnected, None),
-        VehicleProblem::Incompatible => (VehicleStatus::Incompatible, None),
-        // "Retry rarely (hours)": the user must act first.
-        VehicleProblem::NeedsReconnect => (
-            VehicleStatus::NeedsReconnect,
-            Some(now + chrono::Duration::hours(6)),
-        ),
-        // The allowance is spent (another application shares the vehicle, or a plan smaller
-        // than configured): nothing until the configured period ends (the next calendar month
-        // by default).
-        VehicleProblem::BillingLimited => (
-            VehicleStatus::BillingLimited,
-            Some(billing_until(allowance, now)),
-        ),
-    };
-    VehicleStatusUpdate {
-        status,
-        reason: err.to_string(),
-        request_id: err.request_id.clone(),
-        blocked_until,
-        at: now,
-    }
-}
-
-/// When a vehicle answered 430 at `now` may be polled again: the end of the configured
-/// period, or of the calendar month without an allowance configured.
-pub fn billing_until(allowance: Option<&Allowance>, now: DateTime<Utc>) -> DateTime<Utc> {
-    match allowance {
-        Some(a) => a.period.bounds(now).1,
-        None => next_month(now),
-    }
-}
-
-/// Midnight UTC on the first day of the month after `now`.
-pub fn next_month(now: DateTime<Utc>) -> DateTime<Utc> {
-    let (y, m) = if now.month() == 12 {
-        (now.year() + 1, 1)
-    } else {
-        (now.year(), now.month() + 1)
-    };
-    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
-        .single()
-        .unwrap_or(now + chrono::Duration::days(31))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn billing_stops_until_the_next_calendar_month() {
-        let t = Utc.with_ymd_and_hms(2026, 12, 17, 8, 0, 0).unwrap();
-        assert_eq!(
-            next_month(t),
-            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()
-        );
-        let t = Utc.with_ymd_and_hms(2026, 2, 28, 23, 59, 59).unwrap();
-        assert_eq!(
-            next_month(t),
-            Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
-        );
-    }
 }

@@ -25,6 +25,7 @@ use crate::events::{self, JobOutcome};
 use crate::jobs::{self, JobContext, JobError};
 use crate::smartcar::Action;
 use crate::store::{Job, JobKind, StoreError};
+use crate::vehicle_status;
 pub use retry::RetryPolicy;
 
 /// The pool's settings (`[queue]`).
@@ -300,7 +301,7 @@ impl Runner {
             }
             Action::Permanent(problem) if job.kind == JobKind::PollSignals => {
                 let update =
-                    jobs::signals::status_for(problem, &err, now, self.ctx.allowance.as_ref());
+                    vehicle_status::status_for(problem, &err, now, self.ctx.allowance.as_ref());
                 tracing::warn!(error = %err, status = update.status.as_str(),
                     blocked_until = ?update.blocked_until, "vehicle cannot be polled");
                 match store

@@ -381,15 +381,13 @@ impl Client {
                 Ok(b) => b,
                 Err(e) => return Err(self.transport_error(endpoint, &e)),
             };
-            inner.tokens.audit().call(
-                &token.fingerprint,
-                super::auth::CallOutcome::of_status(status.as_u16()),
-            );
+            // One classification of the answer, counted by the metrics and the token's audit.
+            let class = CallClass::of_status(status.as_u16());
+            crate::events::api_call(endpoint, class);
+            inner.tokens.audit().call(&token.fingerprint, class);
             if status.is_success() {
-                crate::events::api_call(endpoint, CallClass::Success);
                 return Ok((body.to_vec(), request_id));
             }
-            crate::events::api_call(endpoint, CallClass::of_status(status.as_u16()));
             let err = ApiError::from_response(
                 endpoint,
                 status.as_u16(),
@@ -413,14 +411,18 @@ impl Client {
                             }
                             // Stop this process's other workers before they send.
                             self.pause_until(until);
-                            crate::events::rate_limited("app", until, err.request_id.as_deref());
+                            crate::events::rate_limited(
+                                crate::events::RateScope::App,
+                                until,
+                                err.request_id.as_deref(),
+                            );
                         }
                         super::Action::RetryAt(until) => {
                             if let Some(budget) = &inner.budget {
                                 budget.throttled_vehicle();
                             }
                             crate::events::rate_limited(
-                                "vehicle",
+                                crate::events::RateScope::Vehicle,
                                 until,
                                 err.request_id.as_deref(),
                             );

@@ -13,7 +13,11 @@ use sqlx::{PgPool, Postgres, Row as _, Sqlite, SqlitePool};
 
 use super::{StoreError, time};
 
-/// Which database a statement runs on; picks the SQL where the dialects differ.
+/// Which database a statement runs on.
+///
+/// The dialects differ in a handful of spellings, each one helper below; a statement is written
+/// once with the helper in its place. Only the claim (`store/queue.rs`) is two statements,
+/// because PostgreSQL's `FOR UPDATE SKIP LOCKED` changes its shape, not just a token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Backend {
     Sqlite,
@@ -21,11 +25,63 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    /// The SQLite or the PostgreSQL spelling of a statement.
-    pub(crate) fn pick<'a>(self, sqlite: &'a str, postgres: &'a str) -> &'a str {
+    /// The rows of a list parameter as one text column `value`.
+    pub(crate) fn list_rows(self, param: &str) -> String {
         match self {
-            Backend::Sqlite => sqlite,
-            Backend::Postgres => postgres,
+            Backend::Sqlite => format!("json_each({param})"),
+            Backend::Postgres => format!("UNNEST({param}::text[]) AS u(value)"),
+        }
+    }
+
+    /// `col` is one of the list parameter's strings.
+    pub(crate) fn in_list(self, col: &str, param: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("{col} IN (SELECT value FROM json_each({param}))"),
+            Backend::Postgres => format!("{col} = ANY({param})"),
+        }
+    }
+
+    /// `col` is none of the list parameter's strings.
+    pub(crate) fn not_in_list(self, col: &str, param: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("{col} NOT IN (SELECT value FROM json_each({param}))"),
+            Backend::Postgres => format!("{col} <> ALL({param})"),
+        }
+    }
+
+    /// The integer column `col` is one of the list parameter's strings, read as integers.
+    pub(crate) fn in_int_list(self, col: &str, param: &str) -> String {
+        match self {
+            Backend::Sqlite => {
+                format!("{col} IN (SELECT CAST(value AS INTEGER) FROM json_each({param}))")
+            }
+            Backend::Postgres => format!("{col} = ANY({param}::text[]::bigint[])"),
+        }
+    }
+
+    /// A text parameter written into a JSON column (TEXT checked by `json_valid` on SQLite,
+    /// JSONB on PostgreSQL).
+    pub(crate) fn json_param(self, param: &str) -> String {
+        match self {
+            Backend::Sqlite => param.to_owned(),
+            Backend::Postgres => format!("{param}::jsonb"),
+        }
+    }
+
+    /// A JSON column read back as text under its own name.
+    pub(crate) fn json_text(self, col: &str) -> String {
+        match self {
+            Backend::Sqlite => col.to_owned(),
+            Backend::Postgres => format!("{col}::text AS {col}"),
+        }
+    }
+
+    /// The suffix that locks the selected rows until the transaction ends; SQLite's
+    /// `BEGIN IMMEDIATE` already holds the whole database's write lock.
+    pub(crate) fn lock_rows(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
         }
     }
 }

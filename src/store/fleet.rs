@@ -3,9 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::db::{Backend, Row, Tx, args};
-use super::{
-    DeadJob, JobKind, SampleRow, Store, StoreError, UserRow, UserSource, VehicleRow, VehicleStatus,
-};
+use super::{DeadJob, JobKind, Store, StoreError, UserRow, UserSource, VehicleRow, VehicleStatus};
 
 pub(super) fn user_from_row(r: &Row) -> Result<UserRow, StoreError> {
     Ok(UserRow {
@@ -16,15 +14,13 @@ pub(super) fn user_from_row(r: &Row) -> Result<UserRow, StoreError> {
     })
 }
 
-/// Vehicle columns; PostgreSQL reads the JSONB permissions back as text.
-pub(super) fn vehicle_columns(b: Backend) -> &'static str {
-    b.pick(
-        "vehicle_id, user_id, connection_id, make, model, year, powertrain_type, mode, \
-         permissions, status, status_reason, status_request_id, status_changed_at, \
-         blocked_until, first_seen_at, last_seen_at, last_polled_at",
-        "vehicle_id, user_id, connection_id, make, model, year, powertrain_type, mode, \
-         permissions::text AS permissions, status, status_reason, status_request_id, \
-         status_changed_at, blocked_until, first_seen_at, last_seen_at, last_polled_at",
+/// Vehicle columns; the JSON permissions are read back as text.
+pub(super) fn vehicle_columns(b: Backend) -> String {
+    format!(
+        "vehicle_id, user_id, connection_id, make, model, year, powertrain_type, mode, {}, \
+         status, status_reason, status_request_id, status_changed_at, blocked_until, \
+         first_seen_at, last_seen_at, last_polled_at",
+        b.json_text("permissions")
     )
 }
 
@@ -64,15 +60,13 @@ impl Tx {
         if user_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = self.backend().pick(
+        let sql = format!(
             "INSERT INTO users (user_id, source, created_at) \
-             SELECT DISTINCT value, $2, $3 FROM json_each($1) WHERE true \
+             SELECT DISTINCT value, $2, $3 FROM {} WHERE true \
              ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
-            "INSERT INTO users (user_id, source, created_at) \
-             SELECT DISTINCT value, $2, $3 FROM UNNEST($1::text[]) AS u(value) WHERE true \
-             ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
+            self.backend().list_rows("$1")
         );
-        self.all(sql, args![user_ids, source.as_str(), now])
+        self.all(&sql, args![user_ids, source.as_str(), now])
             .await?
             .iter()
             .map(|r| r.text("user_id"))
@@ -92,18 +86,6 @@ impl Store {
             )
             .await?;
         Ok(n == 1)
-    }
-
-    /// Adds users; returns how many were new.
-    pub async fn add_users(
-        &self,
-        user_ids: &[String],
-        source: UserSource,
-    ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let added = tx.insert_users(user_ids, source, Utc::now()).await?.len();
-        tx.commit().await?;
-        Ok(added as u64)
     }
 
     /// Removes a user, their vehicles (and those vehicles' signal statuses) and their open
@@ -318,41 +300,6 @@ impl Store {
             .map_or(Ok(0), |r| r.int("n"))
     }
 
-    /// Every stored sample, ordered by vehicle, code and time: for checks and small exports
-    /// (dashboards read the table directly).
-    pub async fn list_samples(&self) -> Result<Vec<SampleRow>, StoreError> {
-        let sql = self.backend().pick(
-            "SELECT vehicle_id, code, recorded_at, value_num, unit, body, source, ingested_at \
-             FROM signal_samples ORDER BY vehicle_id, code, recorded_at",
-            "SELECT vehicle_id, code, recorded_at, value_num, unit, body::text AS body, source, \
-             ingested_at FROM signal_samples ORDER BY vehicle_id, code, recorded_at",
-        );
-        self.pool
-            .all(sql, args![])
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(SampleRow {
-                    vehicle_id: r.text("vehicle_id")?,
-                    code: r.text("code")?,
-                    recorded_at: r.time("recorded_at")?,
-                    value_num: r.opt_float("value_num")?,
-                    unit: r.opt_text("unit")?,
-                    body: r.text("body")?,
-                    source: r.text("source")?.parse()?,
-                    ingested_at: r.time("ingested_at")?,
-                })
-            })
-            .collect()
-    }
-
-    pub async fn sample_count(&self) -> Result<i64, StoreError> {
-        self.pool
-            .opt("SELECT COUNT(*) AS n FROM signal_samples", args![])
-            .await?
-            .map_or(Ok(0), |r| r.int("n"))
-    }
-
     /// Fleet freshness: the oldest last successful poll over pollable vehicles. A pollable
     /// vehicle never polled counts as polled at the Unix epoch (maximally stale). None if no
     /// vehicle is pollable.
@@ -372,5 +319,20 @@ impl Store {
             .map(|r| r.opt_time("t"))
             .transpose()
             .map(Option::flatten)
+    }
+}
+
+#[cfg(any(test, feature = "test-support"))]
+impl Store {
+    /// Adds users; returns how many were new.
+    pub async fn add_users(
+        &self,
+        user_ids: &[String],
+        source: UserSource,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let added = tx.insert_users(user_ids, source, Utc::now()).await?.len();
+        tx.commit().await?;
+        Ok(added as u64)
     }
 }

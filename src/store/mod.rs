@@ -2,73 +2,42 @@
 //! several daemons on one database).
 //!
 //! The store speaks in domain operations (enqueue, claim, finish a poll, upsert vehicles), not
-//! in SQL. Two rules shape it:
+//! in SQL. Where each lives:
+//! - `queue.rs`: the job lifecycle (enqueue, claim, lease, release, retry, kill, complete);
+//! - `effects.rs`: a job's effect committed with its completion (`finish_*`);
+//! - `samples.rs`: the time series (ingest, read back);
+//! - `vehicle_status.rs`: every rule and statement that changes a vehicle's status;
+//! - `webhooks.rs`: one webhook delivery in one transaction; `connect.rs`: Connect states;
+//! - `fleet.rs`: users, vehicles, ticks, pauses; `ops.rs`: operator commands and `status`;
+//! - `budget.rs`: the shared rate budget and daemon heartbeats; `audit.rs`: per-token counts;
+//! - `db.rs`: the two pools behind one API, and the few dialect differences as helpers;
+//!   `sqlite.rs` / `postgres.rs`: what only one backend does (array inserts, partitions).
+//!
+//! Methods only tests use are compiled with the `test-support` feature (the integration tests
+//! and benches turn it on). Two rules shape the store:
 //! 1. The effect and the bookkeeping commit together: every `finish_*` writes its data and
 //!    completes its job in one transaction, and every change to a claimed job is fenced by the
 //!    claim's lease token, so a worker that lost its lease changes nothing ([`StoreError::LeaseLost`]).
 //! 2. Every wait is data: backoffs, 429s and pauses are `run_at` / `paused_until` values; a
 //!    claim only ever returns jobs that are due.
 
-/// SQL condition: a vehicle that should be polled at `$now`.
-macro_rules! pollable {
-    ($now:literal) => {
-        concat!(
-            "status IN ('connected', 'needs_reconnect', 'billing_limited') \
-             AND (blocked_until IS NULL OR blocked_until <= ",
-            $now,
-            ")"
-        )
-    };
-}
-
-/// SQL condition: a vehicle listed again by its connections goes back to `connected`, unless
-/// it is billing-limited or waiting for a reconnect until after `$now`.
-macro_rules! back_to_connected {
-    ($now:literal) => {
-        concat!(
-            "(status NOT IN ('connected', 'billing_limited') AND NOT (status = 'needs_reconnect' \
-             AND blocked_until IS NOT NULL AND blocked_until > ",
-            $now,
-            "))"
-        )
-    };
-}
-
-/// SET clauses applying [`back_to_connected!`]: a changed status clears its reason and block.
-macro_rules! reconnect_set {
-    ($now:literal) => {
-        concat!(
-            "status_changed_at = CASE WHEN ",
-            back_to_connected!($now),
-            " THEN ",
-            $now,
-            " ELSE status_changed_at END, \
-             status_reason = CASE WHEN ",
-            back_to_connected!($now),
-            " THEN NULL ELSE status_reason END, \
-             status_request_id = CASE WHEN ",
-            back_to_connected!($now),
-            " THEN NULL ELSE status_request_id END, \
-             blocked_until = CASE WHEN ",
-            back_to_connected!($now),
-            " THEN NULL ELSE blocked_until END, \
-             status = CASE WHEN ",
-            back_to_connected!($now),
-            " THEN 'connected' ELSE status END"
-        )
-    };
-}
+// SQL fragments other files use: the vehicle-status rules (`pollable!`, `reconnect_set!`),
+// declared first so that every module below sees them.
+#[macro_use]
+mod vehicle_status;
 
 mod allowance;
 mod audit;
 mod budget;
 mod connect;
 mod db;
+mod effects;
 mod fleet;
 mod migrate;
 mod ops;
 mod postgres;
 mod queue;
+mod samples;
 mod sqlite;
 pub mod time;
 mod webhooks;

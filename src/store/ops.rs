@@ -14,7 +14,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::db::{Backend, Row, args};
+use super::db::{Row, args};
 use super::{JobKind, JobState, Store, StoreError, UserRow, VehicleRow, VehicleStatus};
 
 /// One job as operators see it (`jobs list`, `status`). The lease token is not shown: it is
@@ -124,19 +124,6 @@ pub struct Cancelled {
     pub subject: String,
     /// `pending`, or `running` (its worker will find its lease gone and commit nothing).
     pub was: String,
-}
-
-/// `ids` as a list parameter, with the SQL condition selecting them on each backend.
-fn id_condition(b: Backend) -> &'static str {
-    b.pick(
-        "id IN (SELECT CAST(value AS INTEGER) FROM json_each($1))",
-        "id = ANY($1::text[]::bigint[])",
-    )
-}
-
-fn lock_rows(b: Backend) -> &'static str {
-    // SQLite's BEGIN IMMEDIATE already holds the write lock.
-    b.pick("", " FOR UPDATE")
 }
 
 impl Store {
@@ -331,12 +318,12 @@ impl Store {
         let b = tx.backend();
         let id_list: Vec<String> = ids.unwrap_or_default().iter().map(i64::to_string).collect();
         let selection = match ids {
-            Some(_) => id_condition(b),
-            None => "state = 'dead' AND $1 IS NOT NULL",
+            Some(_) => b.in_int_list("id", "$1"),
+            None => "state = 'dead' AND $1 IS NOT NULL".to_owned(),
         };
         let sql = format!(
             "SELECT id, kind, subject, state FROM jobs WHERE {selection} ORDER BY id DESC{}",
-            lock_rows(b)
+            b.lock_rows()
         );
         let found = tx.all(&sql, args![id_list.as_slice()]).await?;
         let mut dead: Vec<(i64, String, String)> = Vec::new();
@@ -373,7 +360,7 @@ impl Store {
                     "SELECT o.kind, o.subject, o.id FROM jobs o JOIN jobs d \
                      ON o.kind = d.kind AND o.subject = d.subject \
                      WHERE o.state IN ('pending', 'running') AND d.{}",
-                    id_condition(b)
+                    b.in_int_list("id", "$1")
                 ),
                 args![dead_ids.as_slice()],
             )
@@ -418,7 +405,7 @@ impl Store {
         if !delete.is_empty() {
             let sql = format!(
                 "DELETE FROM jobs WHERE state = 'dead' AND {}",
-                id_condition(b)
+                b.in_int_list("id", "$1")
             );
             tx.exec(&sql, args![delete.as_slice()]).await?;
         }
@@ -431,7 +418,7 @@ impl Store {
                       ELSE ' [request id ' || last_request_id || ']' END, \
                  last_error = NULL, last_request_id = NULL, updated_at = $2 \
                  WHERE state = 'dead' AND {}",
-                id_condition(b)
+                b.in_int_list("id", "$1")
             );
             tx.exec(&sql, args![requeue.as_slice(), now]).await?;
         }
@@ -456,8 +443,8 @@ impl Store {
         let id_list: Vec<String> = ids.iter().map(i64::to_string).collect();
         let sql = format!(
             "SELECT id, kind, subject, state FROM jobs WHERE {} ORDER BY id{}",
-            id_condition(b),
-            lock_rows(b)
+            b.in_int_list("id", "$1"),
+            b.lock_rows()
         );
         let found = tx.all(&sql, args![id_list.as_slice()]).await?;
         let mut cancelled = Vec::new();
@@ -493,7 +480,7 @@ impl Store {
         }
         let sql = format!(
             "DELETE FROM jobs WHERE state IN ('pending', 'running') AND {}",
-            id_condition(b)
+            b.in_int_list("id", "$1")
         );
         tx.exec(&sql, args![id_list.as_slice()]).await?;
         tx.commit().await?;

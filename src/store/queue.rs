@@ -1,15 +1,16 @@
-//! The durable job queue and the composite "effect + job done" transactions.
+//! The job lifecycle: enqueue, claim, lease, release, retry, kill, complete, prune.
+//!
+//! A job is a row: `pending` until due (`run_at`), `running` while a claim holds its lease,
+//! then `done` or `dead`. Every change to a claimed job is fenced by the claim's lease token
+//! ([`fenced!`]), so a worker whose lease expired and was taken over changes nothing. What a
+//! job *does* to the rest of the database commits with its completion: see `effects.rs`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::db::{Backend, Row, Tx, args};
-use super::{
-    Job, JobKind, NewSample, PollOutcome, PollResult, SignalState, Store, StoreError, SyncOutcome,
-    VehicleStatusUpdate, VehicleUpsert, postgres, sqlite,
-};
+use super::{Job, JobKind, Store, StoreError};
 
 /// The conflict target of the "one open job per kind and subject" partial unique index.
 macro_rules! on_open_conflict {
@@ -29,6 +30,20 @@ macro_rules! fenced {
         )
     };
 }
+
+/// Marks a claimed job done: `$1` now, `$2` id, `$3` lease token.
+const COMPLETE: &str = concat!(
+    "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = $1, updated_at = $1",
+    fenced!("$2", "$3")
+);
+
+/// Puts a claimed job back to pending without using an attempt: `$1` run_at, `$2` note,
+/// `$3` now, `$4` id, `$5` lease token.
+const RELEASE: &str = concat!(
+    "UPDATE jobs SET state = 'pending', run_at = $1, lease_until = NULL, note = $2, \
+     updated_at = $3",
+    fenced!("$4", "$5")
+);
 
 fn job_from_row(r: &Row) -> Result<Job, StoreError> {
     Ok(Job {
@@ -54,59 +69,35 @@ fn fence(job: &Job, changed: u64) -> Result<(), StoreError> {
     }
 }
 
-/// Keeps the newest observation per (vehicle, code): one statement may touch a row only once.
-fn dedup_statuses(statuses: &[SignalState]) -> Vec<SignalState> {
-    let mut latest: HashMap<(&str, &str), &SignalState> = HashMap::new();
-    for s in statuses {
-        let key = (s.vehicle_id.as_str(), s.code.as_str());
-        match latest.get(&key) {
-            Some(prev) if prev.observed_at > s.observed_at => {}
-            _ => {
-                latest.insert(key, s);
-            }
-        }
-    }
-    latest.into_values().cloned().collect()
-}
-
 impl Tx {
     /// Marks the claimed job done, fenced; the first statement of every composite
     /// transaction, so a lost lease aborts before anything else is written.
-    async fn complete_fenced(&mut self, job: &Job, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub(crate) async fn complete_fenced(
+        &mut self,
+        job: &Job,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let n = self
-            .exec(
-                concat!(
-                    "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = $1, \
-                     updated_at = $1",
-                    fenced!("$2", "$3")
-                ),
-                args![now, job.id, job.lease_owner.as_str()],
-            )
+            .exec(COMPLETE, args![now, job.id, job.lease_owner.as_str()])
             .await?;
         fence(job, n)
     }
 
-    /// Inserts samples idempotently (first writer wins) and upserts signal statuses, inside
-    /// this transaction. Shared by polls and webhooks. Returns the sample rows inserted.
-    pub(crate) async fn ingest(
+    /// Puts the claimed job back to pending at `run_at` without using an attempt, fenced.
+    pub(crate) async fn release_fenced(
         &mut self,
-        samples: &[NewSample],
-        statuses: &[SignalState],
+        job: &Job,
+        run_at: DateTime<Utc>,
+        note: Option<&str>,
         now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
-        let statuses = dedup_statuses(statuses);
-        match self {
-            Tx::Sqlite(t) => {
-                let n = sqlite::insert_samples(t, samples, now).await?;
-                sqlite::upsert_statuses(t, &statuses).await?;
-                Ok(n)
-            }
-            Tx::Postgres(t) => {
-                let n = postgres::insert_samples(t, samples, now).await?;
-                postgres::upsert_statuses(t, &statuses).await?;
-                Ok(n)
-            }
-        }
+    ) -> Result<(), StoreError> {
+        let n = self
+            .exec(
+                RELEASE,
+                args![run_at, note, now, job.id, job.lease_owner.as_str()],
+            )
+            .await?;
+        fence(job, n)
     }
 
     /// Enqueues one job per subject (skipping subjects with an open job of that kind).
@@ -119,20 +110,15 @@ impl Tx {
         if subjects.is_empty() {
             return Ok(0);
         }
-        let sql = self.backend().pick(
+        let sql = format!(
             concat!(
                 "INSERT INTO jobs (kind, subject, state, run_at, attempts, created_at, updated_at) \
-                 SELECT DISTINCT $1, value, 'pending', $2, 0, $2, $2 FROM json_each($3) WHERE true",
+                 SELECT DISTINCT $1, value, 'pending', $2, 0, $2, $2 FROM {} WHERE true",
                 on_open_conflict!()
             ),
-            concat!(
-                "INSERT INTO jobs (kind, subject, state, run_at, attempts, created_at, updated_at) \
-                 SELECT DISTINCT $1, value, 'pending', $2, 0, $2, $2 \
-                 FROM UNNEST($3::text[]) AS u(value) WHERE true",
-                on_open_conflict!()
-            ),
+            self.backend().list_rows("$3")
         );
-        self.exec(sql, args![kind.as_str(), now, subjects]).await
+        self.exec(&sql, args![kind.as_str(), now, subjects]).await
     }
 }
 
@@ -246,8 +232,9 @@ impl Store {
         // Two index range scans, each already in order, rather than one `OR` that makes the
         // database sort every due job on every claim (1.5 ms with 10,000 pending on SQLite;
         // 0.02 ms this way). Jobs of a dead worker (expired lease) come first.
-        let sql = self.pool.backend().pick(
-            "UPDATE jobs SET state = 'running', \
+        let sql = match self.pool.backend() {
+            Backend::Sqlite => {
+                "UPDATE jobs SET state = 'running', \
                attempts = attempts + (CASE WHEN state = 'running' THEN 1 ELSE 0 END), \
                lease_until = $2, \
                lease_owner = $3 || ':' || id || ':' || lower(hex(randomblob(8))), \
@@ -262,8 +249,10 @@ impl Store {
                    ORDER BY run_at, id LIMIT $4)) \
                LIMIT $4) \
                AND NOT EXISTS (SELECT 1 FROM app_pause WHERE paused_until > $1) \
-             RETURNING id, kind, subject, attempts, run_at, lease_owner",
-            "WITH r AS (SELECT id FROM jobs \
+             RETURNING id, kind, subject, attempts, run_at, lease_owner"
+            }
+            Backend::Postgres => {
+                "WITH r AS (SELECT id FROM jobs \
                  WHERE state = 'running' AND lease_until <= $1 \
                    AND NOT EXISTS (SELECT 1 FROM app_pause WHERE paused_until > $1) \
                  ORDER BY lease_until, id LIMIT $4 FOR UPDATE SKIP LOCKED), \
@@ -278,8 +267,9 @@ impl Store {
                lease_owner = $3 || ':' || j.id || ':' || substr(md5(random()::text), 1, 16), \
                updated_at = $1 \
              FROM c WHERE j.id = c.id \
-             RETURNING j.id, j.kind, j.subject, j.attempts, j.run_at, j.lease_owner",
-        );
+             RETURNING j.id, j.kind, j.subject, j.attempts, j.run_at, j.lease_owner"
+            }
+        };
         let until = now + chrono_lease(lease);
         let rows = self
             .pool
@@ -341,11 +331,7 @@ impl Store {
         let n = self
             .pool
             .exec(
-                concat!(
-                    "UPDATE jobs SET state = 'pending', run_at = $1, lease_until = NULL, \
-                     note = $2, updated_at = $3",
-                    fenced!("$4", "$5")
-                ),
+                RELEASE,
                 args![run_at, note, Utc::now(), job.id, job.lease_owner.as_str()],
             )
             .await?;
@@ -413,243 +399,11 @@ impl Store {
         let n = self
             .pool
             .exec(
-                concat!(
-                    "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = $1, \
-                     updated_at = $1",
-                    fenced!("$2", "$3")
-                ),
+                COMPLETE,
                 args![Utc::now(), job.id, job.lease_owner.as_str()],
             )
             .await?;
         fence(job, n)
-    }
-
-    /// Stores a poll's samples and statuses, marks the vehicle polled and connected, and
-    /// completes the job — one transaction. On a lost lease nothing is written.
-    pub async fn finish_poll(
-        &self,
-        job: &Job,
-        poll: &PollResult,
-    ) -> Result<PollOutcome, StoreError> {
-        let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
-        tx.complete_fenced(job, now).await?;
-        let samples_inserted = tx.ingest(&poll.samples, &poll.statuses, now).await?;
-        tx.exec(
-            "UPDATE vehicles SET \
-               last_polled_at = CASE WHEN last_polled_at IS NULL OR last_polled_at < $1 \
-                                THEN $1 ELSE last_polled_at END, \
-               status_changed_at = CASE WHEN status <> 'connected' THEN $1 \
-                                   ELSE status_changed_at END, \
-               status = 'connected', status_reason = NULL, status_request_id = NULL, \
-               blocked_until = NULL, throttle_streak = 0 \
-             WHERE vehicle_id = $2",
-            args![poll.polled_at, poll.vehicle_id.as_str()],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(PollOutcome { samples_inserted })
-    }
-
-    /// Applies a user's connections list and completes the sync job — one transaction: new
-    /// vehicles are inserted (connected) and get a poll job due `now`; known ones are refreshed
-    /// and set back to connected unless billing-limited or blocked for reconnect; the user's
-    /// vehicles missing from the list become disconnected; the user's last sync is recorded.
-    pub async fn finish_sync(
-        &self,
-        job: &Job,
-        user_id: &str,
-        vehicles: &[VehicleUpsert],
-        now: DateTime<Utc>,
-    ) -> Result<SyncOutcome, StoreError> {
-        // The last listing of a vehicle wins if the API repeats one.
-        let mut by_id: HashMap<&str, &VehicleUpsert> = HashMap::new();
-        for v in vehicles {
-            by_id.insert(v.vehicle_id.as_str(), v);
-        }
-        let mut ids: Vec<String> = by_id.keys().map(|s| (*s).to_owned()).collect();
-        ids.sort();
-
-        let mut tx = self.pool.begin().await?;
-        let backend = tx.backend();
-        tx.complete_fenced(job, now).await?;
-
-        let existing: Vec<String> = tx
-            .all(
-                backend.pick(
-                    "SELECT vehicle_id FROM vehicles \
-                     WHERE vehicle_id IN (SELECT value FROM json_each($1))",
-                    "SELECT vehicle_id FROM vehicles WHERE vehicle_id = ANY($1)",
-                ),
-                args![ids.as_slice()],
-            )
-            .await?
-            .iter()
-            .map(|r| r.text("vehicle_id"))
-            .collect::<Result<_, _>>()?;
-
-        let mut new_vehicles = Vec::new();
-        for id in &ids {
-            let Some(v) = by_id.get(id.as_str()) else {
-                continue;
-            };
-            let permissions = serde_json::to_string(&v.permissions)
-                .map_err(|e| StoreError::Corrupt(format!("permissions to JSON: {e}")))?;
-            let a = args![
-                v.vehicle_id.as_str(),
-                user_id,
-                v.connection_id.as_deref(),
-                v.make.as_deref(),
-                v.model.as_deref(),
-                v.year,
-                v.powertrain_type.as_deref(),
-                v.mode.as_deref(),
-                permissions.as_str(),
-                now,
-            ];
-            if existing.contains(id) {
-                tx.exec(
-                    backend.pick(
-                        concat!(
-                            "UPDATE vehicles SET user_id = $2, connection_id = $3, make = $4, \
-                             model = $5, year = $6, powertrain_type = $7, mode = $8, \
-                             permissions = $9, last_seen_at = $10, ",
-                            reconnect_set!("$10"),
-                            " WHERE vehicle_id = $1"
-                        ),
-                        concat!(
-                            "UPDATE vehicles SET user_id = $2, connection_id = $3, make = $4, \
-                             model = $5, year = $6, powertrain_type = $7, mode = $8, \
-                             permissions = $9::jsonb, last_seen_at = $10, ",
-                            reconnect_set!("$10"),
-                            " WHERE vehicle_id = $1"
-                        ),
-                    ),
-                    a,
-                )
-                .await?;
-            } else {
-                let inserted = tx
-                    .exec(
-                        backend.pick(
-                            "INSERT INTO vehicles (vehicle_id, user_id, connection_id, make, \
-                             model, year, powertrain_type, mode, permissions, status, \
-                             status_changed_at, first_seen_at, last_seen_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'connected', \
-                             $10, $10, $10) ON CONFLICT (vehicle_id) DO NOTHING",
-                            "INSERT INTO vehicles (vehicle_id, user_id, connection_id, make, \
-                             model, year, powertrain_type, mode, permissions, status, \
-                             status_changed_at, first_seen_at, last_seen_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, 'connected', \
-                             $10, $10, $10) ON CONFLICT (vehicle_id) DO NOTHING",
-                        ),
-                        a,
-                    )
-                    .await?;
-                if inserted == 1 {
-                    new_vehicles.push(id.clone());
-                }
-            }
-        }
-
-        let mut vanished: Vec<String> = tx
-            .all(
-                backend.pick(
-                    "UPDATE vehicles SET status = 'disconnected', \
-                     status_reason = 'absent from connections', status_request_id = NULL, \
-                     status_changed_at = $2 \
-                     WHERE user_id = $1 AND status <> 'disconnected' \
-                     AND vehicle_id NOT IN (SELECT value FROM json_each($3)) \
-                     RETURNING vehicle_id",
-                    "UPDATE vehicles SET status = 'disconnected', \
-                     status_reason = 'absent from connections', status_request_id = NULL, \
-                     status_changed_at = $2 \
-                     WHERE user_id = $1 AND status <> 'disconnected' \
-                     AND vehicle_id <> ALL($3) \
-                     RETURNING vehicle_id",
-                ),
-                args![user_id, now, ids.as_slice()],
-            )
-            .await?
-            .iter()
-            .map(|r| r.text("vehicle_id"))
-            .collect::<Result<_, _>>()?;
-        vanished.sort();
-
-        tx.enqueue_many(JobKind::PollSignals, &new_vehicles, now)
-            .await?;
-        tx.exec(
-            "UPDATE users SET last_synced_at = $2 WHERE user_id = $1",
-            args![user_id, now],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(SyncOutcome {
-            new_vehicles,
-            vanished,
-        })
-    }
-
-    /// Records discovered users (source `discovery`), enqueues a connections sync for each new
-    /// one and completes the discovery job — one transaction. Returns the new users, sorted.
-    pub async fn finish_discovery(
-        &self,
-        job: &Job,
-        user_ids: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        tx.complete_fenced(job, now).await?;
-        let mut new_users = tx
-            .insert_users(user_ids, super::UserSource::Discovery, now)
-            .await?;
-        new_users.sort();
-        tx.enqueue_many(JobKind::SyncConnections, &new_users, now)
-            .await?;
-        tx.commit().await?;
-        Ok(new_users)
-    }
-
-    /// Sets a vehicle's status (status_changed_at only when it changes) and completes the job
-    /// — one transaction.
-    pub async fn finish_vehicle_status(
-        &self,
-        job: &Job,
-        vehicle_id: &str,
-        update: &VehicleStatusUpdate,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        tx.complete_fenced(job, Utc::now()).await?;
-        tx.exec(
-            "UPDATE vehicles SET \
-               status_changed_at = CASE WHEN status <> $2 THEN $3 ELSE status_changed_at END, \
-               status = $2, status_reason = $4, status_request_id = $5, blocked_until = $6 \
-             WHERE vehicle_id = $1",
-            args![
-                vehicle_id,
-                update.status.as_str(),
-                update.at,
-                update.reason.as_str(),
-                update.request_id.as_deref(),
-                update.blocked_until,
-            ],
-        )
-        .await?;
-        tx.commit().await
-    }
-
-    /// Stores samples and statuses outside a job's completion (the readings of a poll's pages
-    /// received before a later page failed, kept while the poll retries): one transaction,
-    /// idempotent. Returns the sample rows inserted.
-    pub async fn ingest_samples(
-        &self,
-        samples: &[NewSample],
-        statuses: &[SignalState],
-    ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let n = tx.ingest(samples, statuses, Utc::now()).await?;
-        tx.commit().await?;
-        Ok(n)
     }
 
     /// Deletes done jobs finished before `older_than`; dead jobs are kept for inspection.
@@ -682,84 +436,6 @@ pub struct OpenJob {
 }
 
 impl Store {
-    /// Defers a claimed poll after a 429 `RATE_LIMIT`/`VEHICLE`, WITHOUT using an attempt, and
-    /// counts the answer in the vehicle's `throttle_streak` — one transaction. `run_at` gets the
-    /// new streak (1 for the first 429 since the last successful poll) and returns when the
-    /// job may run again. Returns the streak and that time.
-    pub async fn defer_throttled(
-        &self,
-        job: &Job,
-        vehicle_id: &str,
-        run_at: impl FnOnce(i64) -> DateTime<Utc>,
-        note: &str,
-    ) -> Result<(i64, DateTime<Utc>), StoreError> {
-        let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
-        let rows = tx
-            .all(
-                "UPDATE vehicles SET throttle_streak = throttle_streak + 1 \
-                 WHERE vehicle_id = $1 RETURNING throttle_streak",
-                args![vehicle_id],
-            )
-            .await?;
-        let streak = match rows.first() {
-            Some(r) => r.int("throttle_streak")?,
-            None => 1,
-        };
-        let at = run_at(streak);
-        let n = tx
-            .exec(
-                concat!(
-                    "UPDATE jobs SET state = 'pending', run_at = $1, lease_until = NULL, \
-                     note = $2, updated_at = $3",
-                    fenced!("$4", "$5")
-                ),
-                args![at, note, now, job.id, job.lease_owner.as_str()],
-            )
-            .await?;
-        fence(job, n)?;
-        tx.commit().await?;
-        Ok((streak, at))
-    }
-
-    /// A vehicle's consecutive 429 `RATE_LIMIT`/`VEHICLE` count (0 if unknown).
-    pub async fn throttle_streak(&self, vehicle_id: &str) -> Result<i64, StoreError> {
-        let row = self
-            .pool
-            .opt(
-                "SELECT throttle_streak FROM vehicles WHERE vehicle_id = $1",
-                args![vehicle_id],
-            )
-            .await?;
-        row.map(|r| r.int("throttle_streak"))
-            .transpose()
-            .map(Option::unwrap_or_default)
-    }
-
-    /// Every signal's latest status, by vehicle and code (for `status` views and tests).
-    pub async fn list_signal_statuses(&self) -> Result<Vec<SignalState>, StoreError> {
-        let rows = self
-            .pool
-            .all(
-                "SELECT vehicle_id, code, status, error_type, error_code, observed_at \
-                 FROM signal_status ORDER BY vehicle_id, code",
-                args![],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SignalState {
-                    vehicle_id: r.text("vehicle_id")?,
-                    code: r.text("code")?,
-                    status: r.text("status")?,
-                    error_type: r.opt_text("error_type")?,
-                    error_code: r.opt_text("error_code")?,
-                    observed_at: r.time("observed_at")?,
-                })
-            })
-            .collect()
-    }
-
     /// Open (pending or running) jobs, soonest first, at most `limit`.
     pub async fn open_job_list(&self, limit: i64) -> Result<Vec<OpenJob>, StoreError> {
         let rows = self

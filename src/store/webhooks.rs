@@ -75,70 +75,9 @@ impl Tx {
         if !(added || vehicle_unknown) {
             return Ok((added, false));
         }
-        self.exec(
-            "INSERT INTO jobs (kind, subject, state, run_at, attempts, created_at, updated_at) \
-             VALUES ($1, $2, 'pending', $3, 0, $3, $3) \
-             ON CONFLICT (kind, subject) WHERE state IN ('pending', 'running') DO NOTHING",
-            args![JobKind::SyncConnections.as_str(), user_id, now],
-        )
-        .await?;
+        self.enqueue_many(JobKind::SyncConnections, &[user_id.to_owned()], now)
+            .await?;
         Ok((added, true))
-    }
-
-    async fn apply_vehicle_error(
-        &mut self,
-        vehicle_id: &str,
-        update: &VehicleErrorUpdate,
-        now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
-        match update {
-            VehicleErrorUpdate::Raised {
-                status: Some(status),
-                reason,
-                blocked_until,
-            } => {
-                self.exec(
-                    "UPDATE vehicles SET \
-                       status_changed_at = CASE WHEN status <> $2 THEN $3 \
-                         ELSE status_changed_at END, \
-                       status = $2, status_reason = $4, status_request_id = NULL, \
-                       blocked_until = $5 \
-                     WHERE vehicle_id = $1",
-                    args![
-                        vehicle_id,
-                        status.as_str(),
-                        now,
-                        reason.as_str(),
-                        *blocked_until
-                    ],
-                )
-                .await
-            }
-            VehicleErrorUpdate::Raised {
-                status: None,
-                reason,
-                ..
-            } => {
-                self.exec(
-                    "UPDATE vehicles SET status_reason = $2, status_request_id = NULL \
-                     WHERE vehicle_id = $1 AND status = 'connected'",
-                    args![vehicle_id, reason.as_str()],
-                )
-                .await
-            }
-            VehicleErrorUpdate::Resolved { marker } => {
-                self.exec(
-                    "UPDATE vehicles SET \
-                       status_changed_at = CASE WHEN status <> 'connected' THEN $3 \
-                         ELSE status_changed_at END, \
-                       status = 'connected', status_reason = NULL, status_request_id = NULL, \
-                       blocked_until = NULL \
-                     WHERE vehicle_id = $1 AND substr(status_reason, 1, length($2)) = $2",
-                    args![vehicle_id, marker.as_str(), now],
-                )
-                .await
-            }
-        }
     }
 }
 
@@ -194,8 +133,11 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.pool.opt("SELECT 1 AS n", args![]).await.map(|_| ())
     }
+}
 
-    /// Webhook event ids recorded so far (tests and support).
+#[cfg(any(test, feature = "test-support"))]
+impl Store {
+    /// Webhook event ids recorded so far.
     pub async fn webhook_event_count(&self) -> Result<i64, StoreError> {
         self.pool
             .opt("SELECT COUNT(*) AS n FROM webhook_events", args![])

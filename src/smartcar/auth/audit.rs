@@ -4,29 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::AccessToken;
-
-/// How an API call made with a token ended (the columns of the audit log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallOutcome {
-    Ok,
-    ClientError,
-    ServerError,
-    Unauthorized,
-    RateLimited,
-}
-
-impl CallOutcome {
-    /// The outcome of an answered call by its HTTP status.
-    pub fn of_status(status: u16) -> Self {
-        match status {
-            200..=299 => CallOutcome::Ok,
-            401 => CallOutcome::Unauthorized,
-            429 => CallOutcome::RateLimited,
-            500..=599 => CallOutcome::ServerError,
-            _ => CallOutcome::ClientError,
-        }
-    }
-}
+use crate::events::CallClass;
 
 /// One issued token's audit record: its fingerprint, never the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,20 +60,23 @@ impl TokenAudit {
         ));
     }
 
-    /// A call made with the token `fingerprint` ended with `outcome`.
-    pub fn call(&self, fingerprint: &str, outcome: CallOutcome) {
+    /// A call made with the token `fingerprint` was answered with `class`: the same value the
+    /// client emits as its `api_call` event, so the audit and the metrics never disagree on
+    /// what a call was. A call with no answer is not counted against its token.
+    pub fn call(&self, fingerprint: &str, class: CallClass) {
         let mut tokens = self.lock();
         if let Some((t, changed)) = tokens
             .iter_mut()
             .rev()
             .find(|(t, _)| t.fingerprint == fingerprint)
         {
-            let n = match outcome {
-                CallOutcome::Ok => &mut t.ok,
-                CallOutcome::ClientError => &mut t.client_error,
-                CallOutcome::ServerError => &mut t.server_error,
-                CallOutcome::Unauthorized => &mut t.unauthorized,
-                CallOutcome::RateLimited => &mut t.rate_limited,
+            let n = match class {
+                CallClass::Success => &mut t.ok,
+                CallClass::ClientError => &mut t.client_error,
+                CallClass::ServerError => &mut t.server_error,
+                CallClass::Unauthorized => &mut t.unauthorized,
+                CallClass::RateLimited => &mut t.rate_limited,
+                CallClass::NoAnswer => return,
             };
             *n += 1;
             *changed = true;

@@ -23,7 +23,7 @@ mod provider;
 mod secret;
 mod token;
 
-pub use audit::{CallOutcome, TokenAudit, TokenUse};
+pub use audit::{TokenAudit, TokenUse};
 pub(crate) use exchange::describe_transport;
 pub use provider::{TokenConfig, TokenProvider};
 pub use secret::SecretSource;

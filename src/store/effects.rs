@@ -1,0 +1,187 @@
+//! A job's effect and its completion, in one transaction each.
+//!
+//! Every `finish_*` first completes its job, fenced by the claim's lease token, and then
+//! writes what the job found; a worker that lost its lease gets [`StoreError::LeaseLost`] from
+//! the first statement and writes nothing. A crash before the commit leaves the job to be
+//! claimed again; after it, nothing to redo. What a finished job means for its vehicle's
+//! status is written by the helpers in `vehicle_status.rs`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::db::args;
+use super::{
+    Job, JobKind, PollOutcome, PollResult, Store, StoreError, SyncOutcome, UserSource,
+    VehicleStatusUpdate, VehicleUpsert,
+};
+
+impl Store {
+    /// Stores a poll's samples and statuses, marks the vehicle polled and connected, and
+    /// completes the job — one transaction. On a lost lease nothing is written.
+    pub async fn finish_poll(
+        &self,
+        job: &Job,
+        poll: &PollResult,
+    ) -> Result<PollOutcome, StoreError> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        tx.complete_fenced(job, now).await?;
+        let samples_inserted = tx.ingest(&poll.samples, &poll.statuses, now).await?;
+        tx.mark_polled(&poll.vehicle_id, poll.polled_at).await?;
+        tx.commit().await?;
+        Ok(PollOutcome { samples_inserted })
+    }
+
+    /// Applies a user's connections list and completes the sync job — one transaction: new
+    /// vehicles are inserted (connected) and get a poll job due `now`; known ones are refreshed
+    /// and set back to connected unless billing-limited or blocked for reconnect; the user's
+    /// vehicles missing from the list become disconnected; the user's last sync is recorded.
+    pub async fn finish_sync(
+        &self,
+        job: &Job,
+        user_id: &str,
+        vehicles: &[VehicleUpsert],
+        now: DateTime<Utc>,
+    ) -> Result<SyncOutcome, StoreError> {
+        // The last listing of a vehicle wins if the API repeats one.
+        let mut by_id: HashMap<&str, &VehicleUpsert> = HashMap::new();
+        for v in vehicles {
+            by_id.insert(v.vehicle_id.as_str(), v);
+        }
+        let mut ids: Vec<String> = by_id.keys().map(|s| (*s).to_owned()).collect();
+        ids.sort();
+
+        let mut tx = self.pool.begin().await?;
+        let backend = tx.backend();
+        tx.complete_fenced(job, now).await?;
+
+        let existing_sql = format!(
+            "SELECT vehicle_id FROM vehicles WHERE {}",
+            backend.in_list("vehicle_id", "$1")
+        );
+        let existing: Vec<String> = tx
+            .all(&existing_sql, args![ids.as_slice()])
+            .await?
+            .iter()
+            .map(|r| r.text("vehicle_id"))
+            .collect::<Result<_, _>>()?;
+
+        // Listed again: refreshed, and back to connected where the status rules allow.
+        let refresh_sql = format!(
+            concat!(
+                "UPDATE vehicles SET user_id = $2, connection_id = $3, make = $4, model = $5, \
+                 year = $6, powertrain_type = $7, mode = $8, permissions = {}, \
+                 last_seen_at = $10, ",
+                reconnect_set!("$10"),
+                " WHERE vehicle_id = $1"
+            ),
+            backend.json_param("$9")
+        );
+        let insert_sql = format!(
+            "INSERT INTO vehicles (vehicle_id, user_id, connection_id, make, model, year, \
+             powertrain_type, mode, permissions, status, status_changed_at, first_seen_at, \
+             last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {}, 'connected', $10, $10, \
+             $10) ON CONFLICT (vehicle_id) DO NOTHING",
+            backend.json_param("$9")
+        );
+        let mut new_vehicles = Vec::new();
+        for id in &ids {
+            let Some(v) = by_id.get(id.as_str()) else {
+                continue;
+            };
+            let permissions = serde_json::to_string(&v.permissions)
+                .map_err(|e| StoreError::Corrupt(format!("permissions to JSON: {e}")))?;
+            let a = args![
+                v.vehicle_id.as_str(),
+                user_id,
+                v.connection_id.as_deref(),
+                v.make.as_deref(),
+                v.model.as_deref(),
+                v.year,
+                v.powertrain_type.as_deref(),
+                v.mode.as_deref(),
+                permissions.as_str(),
+                now,
+            ];
+            if existing.contains(id) {
+                tx.exec(&refresh_sql, a).await?;
+            } else {
+                let inserted = tx.exec(&insert_sql, a).await?;
+                if inserted == 1 {
+                    new_vehicles.push(id.clone());
+                }
+            }
+        }
+
+        let mut vanished = tx.disconnect_vanished(user_id, &ids, now).await?;
+        vanished.sort();
+
+        tx.enqueue_many(JobKind::PollSignals, &new_vehicles, now)
+            .await?;
+        tx.exec(
+            "UPDATE users SET last_synced_at = $2 WHERE user_id = $1",
+            args![user_id, now],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SyncOutcome {
+            new_vehicles,
+            vanished,
+        })
+    }
+
+    /// Records discovered users (source `discovery`), enqueues a connections sync for each new
+    /// one and completes the discovery job — one transaction. Returns the new users, sorted.
+    pub async fn finish_discovery(
+        &self,
+        job: &Job,
+        user_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        tx.complete_fenced(job, now).await?;
+        let mut new_users = tx
+            .insert_users(user_ids, UserSource::Discovery, now)
+            .await?;
+        new_users.sort();
+        tx.enqueue_many(JobKind::SyncConnections, &new_users, now)
+            .await?;
+        tx.commit().await?;
+        Ok(new_users)
+    }
+
+    /// Sets a vehicle's status (status_changed_at only when it changes) and completes the job
+    /// — one transaction.
+    pub async fn finish_vehicle_status(
+        &self,
+        job: &Job,
+        vehicle_id: &str,
+        update: &VehicleStatusUpdate,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        tx.complete_fenced(job, Utc::now()).await?;
+        tx.set_vehicle_status(vehicle_id, update).await?;
+        tx.commit().await
+    }
+
+    /// Defers a claimed poll after a 429 `RATE_LIMIT`/`VEHICLE`, WITHOUT using an attempt, and
+    /// counts the answer in the vehicle's `throttle_streak` — one transaction. `run_at` gets the
+    /// new streak (1 for the first 429 since the last successful poll) and returns when the
+    /// job may run again. Returns the streak and that time.
+    pub async fn defer_throttled(
+        &self,
+        job: &Job,
+        vehicle_id: &str,
+        run_at: impl FnOnce(i64) -> DateTime<Utc>,
+        note: &str,
+    ) -> Result<(i64, DateTime<Utc>), StoreError> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let streak = tx.bump_throttle_streak(vehicle_id).await?;
+        let at = run_at(streak);
+        tx.release_fenced(job, at, Some(note), now).await?;
+        tx.commit().await?;
+        Ok((streak, at))
+    }
+}

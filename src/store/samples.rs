@@ -1,0 +1,131 @@
+//! Samples and signal statuses: the time-series table a poll or a webhook writes, and how it
+//! is read back.
+//!
+//! A reading's identity is (vehicle, code, recorded_at) and the first writer wins, so a poll
+//! retried after a crash, or a webhook repeating a polled reading, stores nothing twice.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+#[cfg(any(test, feature = "test-support"))]
+use super::SampleRow;
+use super::db::{Tx, args};
+use super::{NewSample, SignalState, Store, StoreError, postgres, sqlite};
+
+/// Keeps the newest observation per (vehicle, code): one statement may touch a row only once.
+fn dedup_statuses(statuses: &[SignalState]) -> Vec<SignalState> {
+    let mut latest: HashMap<(&str, &str), &SignalState> = HashMap::new();
+    for s in statuses {
+        let key = (s.vehicle_id.as_str(), s.code.as_str());
+        match latest.get(&key) {
+            Some(prev) if prev.observed_at > s.observed_at => {}
+            _ => {
+                latest.insert(key, s);
+            }
+        }
+    }
+    latest.into_values().cloned().collect()
+}
+
+impl Tx {
+    /// Inserts samples idempotently (first writer wins) and upserts signal statuses, inside
+    /// this transaction. Shared by polls and webhooks. Returns the sample rows inserted.
+    pub(crate) async fn ingest(
+        &mut self,
+        samples: &[NewSample],
+        statuses: &[SignalState],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let statuses = dedup_statuses(statuses);
+        match self {
+            Tx::Sqlite(t) => {
+                let n = sqlite::insert_samples(t, samples, now).await?;
+                sqlite::upsert_statuses(t, &statuses).await?;
+                Ok(n)
+            }
+            Tx::Postgres(t) => {
+                let n = postgres::insert_samples(t, samples, now).await?;
+                postgres::upsert_statuses(t, &statuses).await?;
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Stores samples and statuses outside a job's completion (the readings of a poll's pages
+    /// received before a later page failed, kept while the poll retries): one transaction,
+    /// idempotent. Returns the sample rows inserted.
+    pub async fn ingest_samples(
+        &self,
+        samples: &[NewSample],
+        statuses: &[SignalState],
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = tx.ingest(samples, statuses, Utc::now()).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    pub async fn sample_count(&self) -> Result<i64, StoreError> {
+        self.pool
+            .opt("SELECT COUNT(*) AS n FROM signal_samples", args![])
+            .await?
+            .map_or(Ok(0), |r| r.int("n"))
+    }
+}
+
+#[cfg(any(test, feature = "test-support"))]
+impl Store {
+    /// Every stored sample, ordered by vehicle, code and time: for checks and small exports
+    /// (dashboards read the table directly).
+    pub async fn list_samples(&self) -> Result<Vec<SampleRow>, StoreError> {
+        let sql = format!(
+            "SELECT vehicle_id, code, recorded_at, value_num, unit, {}, source, ingested_at \
+             FROM signal_samples ORDER BY vehicle_id, code, recorded_at",
+            self.backend().json_text("body")
+        );
+        self.pool
+            .all(&sql, args![])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(SampleRow {
+                    vehicle_id: r.text("vehicle_id")?,
+                    code: r.text("code")?,
+                    recorded_at: r.time("recorded_at")?,
+                    value_num: r.opt_float("value_num")?,
+                    unit: r.opt_text("unit")?,
+                    body: r.text("body")?,
+                    source: r.text("source")?.parse()?,
+                    ingested_at: r.time("ingested_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every signal's latest status, by vehicle and code (for `status` views and tests).
+    pub async fn list_signal_statuses(&self) -> Result<Vec<SignalState>, StoreError> {
+        let rows = self
+            .pool
+            .all(
+                "SELECT vehicle_id, code, status, error_type, error_code, observed_at \
+                 FROM signal_status ORDER BY vehicle_id, code",
+                args![],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SignalState {
+                    vehicle_id: r.text("vehicle_id")?,
+                    code: r.text("code")?,
+                    status: r.text("status")?,
+                    error_type: r.opt_text("error_type")?,
+                    error_code: r.opt_text("error_code")?,
+                    observed_at: r.time("observed_at")?,
+                })
+            })
+            .collect()
+    }
+}
