@@ -131,6 +131,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start and never moved around: the size of the `simulate` variant (every
+// simulator flag) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: schedule, workers, HTTP surface; SIGTERM stops it cleanly.
