@@ -580,6 +580,7 @@ impl Daemon {
             secrets: self.http_secrets.clone(),
             limits: self.http_limits.clone(),
             connect: Arc::new(ConnectSettings::from_config(&self.config)),
+            allowance: self.config.allowance(),
         }
     }
 
