@@ -1,10 +1,25 @@
 //! Assembles the parts and runs them: `run` (the service) and `sync-once` (one full cycle).
+//!
+//! - `setup.rs`: the store, the client and the queue settings, built from the config;
+//! - `sync_once.rs`: one full cycle, phase after phase, with a deadline;
+//! - `housekeeping.rs`: the token audit saver and hourly maintenance.
+//!
+//! Signals, reload and systemd notify are `crate::lifecycle`.
+
+mod housekeeping;
+mod setup;
+mod sync_once;
+
+pub use housekeeping::save_token_audit;
+use housekeeping::{maintenance, save_token_audit_every};
+pub use setup::{build_client, build_client_with_secret, open_store, queue_settings, redact_url};
+pub use sync_once::CycleReport;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -13,122 +28,10 @@ use crate::budget::Identity;
 use crate::config::Config;
 use crate::http::{ConnectSettings, HttpSecrets, HttpState, ServerLimits};
 use crate::jobs::JobContext;
-use crate::queue::{QueueSettings, RetryPolicy, RunStats, Runner};
+use crate::queue::Runner;
 use crate::schedule::Schedule;
-use crate::smartcar::auth::TokenAudit;
-use crate::smartcar::{Client, ClientConfig, SecretSource, TokenConfig, TokenProvider};
-use crate::store::{JobKind, OpenJob, Store, StoreOptions, TokenAuditRow};
-
-/// Opens the database named by the config (it is not migrated here).
-pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let opts = StoreOptions {
-        max_connections: config.database.max_connections,
-        statement_timeout: config.database.statement_timeout,
-        ..StoreOptions::default()
-    };
-    Store::connect(&config.database.url, &opts)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database ({})",
-                redact_url(&config.database.url)
-            )
-        })
-}
-
-/// A database URL without its password, for messages: the userinfo password and any
-/// `password`/`sslpassword` query parameter become `***`. A URL that does not parse is shown as
-/// its scheme alone, since where its password starts cannot be known.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            let secret_param = |k: &str| {
-                k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword")
-            };
-            if u.query_pairs().any(|(k, _)| secret_param(&k)) {
-                let pairs: Vec<(String, String)> = u
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let v = if secret_param(&k) {
-                            "***".into()
-                        } else {
-                            v.into_owned()
-                        };
-                        (k.into_owned(), v)
-                    })
-                    .collect();
-                u.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            u.to_string()
-        }
-        Err(_) => {
-            let scheme = url.split(':').next().unwrap_or_default();
-            if scheme.len() < 16 && scheme.bytes().all(|b| b.is_ascii_alphabetic()) {
-                format!("{scheme}://***")
-            } else {
-                "***".to_owned()
-            }
-        }
-    }
-}
-
-/// The token provider and the API client, as the config says. The provider's refresher stops
-/// with `shutdown`.
-pub fn build_client(
-    config: &Config,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) -> anyhow::Result<Client> {
-    build_client_with_secret(config, config.client_secret_source(), shutdown, tracker)
-}
-
-/// [`build_client`] with a given secret source: the daemon keeps a handle on it so a reload
-/// can replace the secret the provider reads.
-pub fn build_client_with_secret(
-    config: &Config,
-    client_secret: SecretSource,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) -> anyhow::Result<Client> {
-    let s = &config.smartcar;
-    let http = crate::smartcar::client::http_client(s.request_timeout)
-        .context("cannot build the HTTP client")?;
-    let mut token_config = TokenConfig::new(s.auth_url.clone(), s.client_id.clone(), client_secret);
-    token_config.request_timeout = s.request_timeout;
-    let tokens = TokenProvider::start(token_config, http.clone(), shutdown, tracker);
-    let client = Client::new(
-        ClientConfig {
-            api_url: s.api_url.clone(),
-            request_timeout: s.request_timeout,
-            vehicle_mode: s.vehicle_mode.clone(),
-            max_retry_after: config.queue.max_retry_after,
-        },
-        http,
-        tokens,
-        config.rate_limit(),
-    )
-    .context("smartcar.api_url")?;
-    Ok(client)
-}
-
-pub fn queue_settings(config: &Config) -> QueueSettings {
-    let q = &config.queue;
-    QueueSettings {
-        concurrency: q.concurrency,
-        lease: q.lease,
-        shutdown_grace: q.shutdown_grace,
-        retry: RetryPolicy {
-            min: q.backoff_min,
-            max: q.backoff_max,
-            max_attempts: q.max_attempts,
-        },
-        idle_poll: Duration::from_secs(2),
-        max_retry_after: q.max_retry_after,
-    }
-}
+use crate::smartcar::{Client, SecretSource, TokenProvider};
+use crate::store::Store;
 
 /// Everything a running daemon is made of.
 pub struct Daemon {
@@ -359,183 +262,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// One full cycle, in order: discovery (if on), every known user's connections, then every
-    /// connected vehicle's signals. Returns when its jobs are done.
-    pub async fn sync_once(
-        &self,
-        shutdown: &CancellationToken,
-        progress: impl Fn(&str),
-    ) -> anyhow::Result<CycleReport> {
-        self.sync_once_until(shutdown, None, progress).await
-    }
-
-    /// [`Daemon::sync_once`] that always ends: once `deadline` has passed since the start, or
-    /// as soon as every open job waits beyond it (a throttled vehicle deferred for minutes, an
-    /// app pause), it stops claiming and reports the jobs left open
-    /// ([`CycleReport::out_of_time`], [`CycleReport::deferred`]). Jobs running at that moment
-    /// get `queue.shutdown_grace` to finish, as on SIGTERM. Nothing is lost: the open jobs stay
-    /// in the queue, due when their wait ends.
-    pub async fn sync_once_until(
-        &self,
-        shutdown: &CancellationToken,
-        deadline: Option<Duration>,
-        progress: impl Fn(&str),
-    ) -> anyhow::Result<CycleReport> {
-        let started = Utc::now();
-        // Any duration is accepted; one beyond the clocks' range means "no deadline in practice".
-        let deadline = deadline.map(|d| {
-            let far = Duration::from_secs(100 * 365 * 86_400);
-            let now = tokio::time::Instant::now();
-            (
-                now.checked_add(d)
-                    .or_else(|| now.checked_add(far))
-                    .unwrap_or(now),
-                chrono::Duration::from_std(d)
-                    .ok()
-                    .and_then(|d| started.checked_add_signed(d))
-                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
-            )
-        });
-        let stop_workers = CancellationToken::new();
-        let runner = self.runner();
-        let stats = runner.stats();
-        let workers = tokio::spawn(runner.run(stop_workers.clone()));
-        let result = async {
-            use Phase::OutOfTime;
-            if self.config.schedule.discover_users {
-                self.store
-                    .enqueue(JobKind::DiscoverUsers, "", Utc::now())
-                    .await?;
-                let p = "discovering users";
-                if self
-                    .wait_for(JobKind::DiscoverUsers, shutdown, deadline, &progress, p)
-                    .await?
-                    == OutOfTime
-                {
-                    return Ok(OutOfTime);
-                }
-            }
-            // Users synced earlier in this cycle (just discovered) are not synced twice. Their
-            // syncs must have finished first: on PostgreSQL an INSERT … SELECT racing a commit
-            // reads the old `last_synced_at` and then finds no open job to conflict with.
-            let p = "syncing new users";
-            if self
-                .wait_for(JobKind::SyncConnections, shutdown, deadline, &progress, p)
-                .await?
-                == OutOfTime
-            {
-                return Ok(OutOfTime);
-            }
-            self.store
-                .enqueue_syncs_for_all_users(Utc::now(), Some(started))
-                .await?;
-            self.wake.notify_one();
-            let p = "syncing connections";
-            if self
-                .wait_for(JobKind::SyncConnections, shutdown, deadline, &progress, p)
-                .await?
-                == OutOfTime
-            {
-                return Ok(OutOfTime);
-            }
-            // Vehicles first polled by their sync in this cycle are not polled twice (once
-            // those polls are over, for the same reason as above).
-            let p = "polling new vehicles";
-            if self
-                .wait_for(JobKind::PollSignals, shutdown, deadline, &progress, p)
-                .await?
-                == OutOfTime
-            {
-                return Ok(OutOfTime);
-            }
-            self.store
-                .enqueue_polls_for_pollable(Utc::now(), Some(started))
-                .await?;
-            self.wake.notify_one();
-            let p = "polling signals";
-            self.wait_for(JobKind::PollSignals, shutdown, deadline, &progress, p)
-                .await
-        }
-        .await;
-        stop_workers.cancel();
-        let _ = workers.await;
-        save_token_audit(&self.store, self.client.tokens().audit()).await;
-        let out_of_time = result? == Phase::OutOfTime;
-        let (deferred, open_jobs) = if out_of_time {
-            (
-                self.store.open_job_list(DEFERRED_LISTED).await?,
-                self.store.open_jobs(None).await?,
-            )
-        } else {
-            (Vec::new(), 0)
-        };
-        Ok(CycleReport {
-            started,
-            finished: Utc::now(),
-            dead: self.store.dead_since(started).await?,
-            stats,
-            out_of_time,
-            open_jobs,
-            deferred,
-        })
-    }
-
-    async fn wait_for(
-        &self,
-        kind: JobKind,
-        shutdown: &CancellationToken,
-        deadline: Option<(tokio::time::Instant, DateTime<Utc>)>,
-        progress: &impl Fn(&str),
-        phase: &str,
-    ) -> anyhow::Result<Phase> {
-        self.wake.notify_one();
-        // Poll often (a COUNT on the open-jobs index is cheap) so a phase ends promptly; report
-        // progress at a human pace.
-        let mut reported: Option<tokio::time::Instant> = None;
-        loop {
-            // A database restart mid-cycle is waited out (the pool reconnects), not fatal.
-            let open = match self.store.open_jobs(Some(kind)).await {
-                Ok(n) => n,
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, "cannot count open jobs; retrying");
-                    -1
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let due = reported.is_none_or(|t| t.elapsed() >= Duration::from_millis(250));
-            if open == 0 || (open > 0 && due) {
-                progress(&format!("{phase}: {open} jobs open"));
-                reported = Some(tokio::time::Instant::now());
-            }
-            if open == 0 {
-                return Ok(Phase::Done);
-            }
-            if let Some((at, at_utc)) = deadline {
-                if tokio::time::Instant::now() >= at {
-                    tracing::warn!(phase, open, "sync-once deadline reached: no more claims");
-                    return Ok(Phase::OutOfTime);
-                }
-                // Every open job waits beyond the deadline (a running job's run_at is in the
-                // past): waiting longer cannot finish anything.
-                if due
-                    && let Ok(first) = self.store.open_job_list(1).await
-                    && first.first().is_some_and(|j| j.run_at > at_utc)
-                {
-                    tracing::warn!(
-                        phase,
-                        open,
-                        "every open job waits beyond the sync-once deadline"
-                    );
-                    return Ok(Phase::OutOfTime);
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => anyhow::bail!("interrupted"),
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            }
-        }
-    }
-
     /// The listeners `[http]` asks for, bound (a port in use is an error now, not later).
     async fn bind_http(&self) -> anyhow::Result<Listeners> {
         let h = &self.config.http;
@@ -623,133 +349,5 @@ impl Reloader {
         // token stays in use while it is valid.
         self.tokens.refresh_now();
         tracing::info!("reloaded: secrets re-read, fetching a new access token");
-    }
-}
-
-/// Writes the token audit's changed records; on failure they are kept for the next try.
-pub async fn save_token_audit(store: &Store, audit: &TokenAudit) {
-    let changed = audit.take_changed();
-    if changed.is_empty() {
-        return;
-    }
-    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    let now = Utc::now();
-    let rows: Vec<TokenAuditRow> = changed
-        .iter()
-        .map(|t| TokenAuditRow {
-            fingerprint: t.fingerprint.clone(),
-            issued_at: t.issued_at,
-            expires_at: t.expires_at,
-            calls_ok: count(t.ok),
-            calls_client_error: count(t.client_error),
-            calls_server_error: count(t.server_error),
-            calls_unauthorized: count(t.unauthorized),
-            calls_rate_limited: count(t.rate_limited),
-            updated_at: now,
-        })
-        .collect();
-    if let Err(e) = store.record_token_audit(&rows).await {
-        tracing::warn!(error = %e, "cannot write the token audit; keeping it for the next try");
-        let fingerprints: Vec<String> = changed.into_iter().map(|t| t.fingerprint).collect();
-        audit.unsaved(&fingerprints);
-    }
-}
-
-/// Saves the token audit every 5 s until `shutdown` (the final save follows the workers).
-async fn save_token_audit_every(store: Store, audit: Arc<TokenAudit>, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(Duration::from_secs(5));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => save_token_audit(&store, &audit).await,
-        }
-    }
-}
-
-/// How a phase of `sync-once` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Done,
-    OutOfTime,
-}
-
-/// How many of the jobs left open a [`CycleReport`] lists.
-const DEFERRED_LISTED: i64 = 50;
-
-/// What `sync-once` did.
-#[derive(Debug)]
-pub struct CycleReport {
-    pub started: DateTime<Utc>,
-    pub finished: DateTime<Utc>,
-    /// Jobs that ended dead during the cycle.
-    pub dead: i64,
-    pub stats: Arc<RunStats>,
-    /// The deadline ended the cycle before every job was done.
-    pub out_of_time: bool,
-    /// Jobs still open when the cycle ended (0 unless `out_of_time`).
-    pub open_jobs: i64,
-    /// The first of them, soonest first, with why and until when they wait.
-    pub deferred: Vec<OpenJob>,
-}
-
-/// Hourly housekeeping: prune finished jobs, keep PostgreSQL partitions ahead, apply retention.
-async fn maintenance(store: Store, config: Config, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(Duration::from_secs(3600));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        let now = Utc::now();
-        let keep =
-            chrono::Duration::from_std(config.queue.keep_done).unwrap_or(chrono::Duration::days(7));
-        match store.prune_finished_jobs(now - keep).await {
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned finished jobs"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot prune finished jobs"),
-        }
-        if let Err(e) = store.prune_connect_states(now).await {
-            tracing::warn!(error = %e, "cannot prune expired Connect states");
-        }
-        if let Err(e) = store.ensure_partitions(now, 3).await {
-            tracing::warn!(error = %e, "cannot create sample partitions ahead");
-        }
-        if let Some(retention) = config.sample_retention() {
-            let cutoff =
-                now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-            match store.drop_partitions_before(cutoff).await {
-                Ok(dropped) if !dropped.is_empty() => {
-                    tracing::info!(?dropped, cutoff = %cutoff, "retention: dropped old samples")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "retention failed"),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacted_urls_show_no_password_in_any_form() {
-        let cases = [
-            (
-                "postgres://u:S3cretPw@h:5432/db",
-                "postgres://u:***@h:5432/db",
-            ),
-            (
-                "postgres://u@h/db?sslmode=require&password=S3cretPw",
-                "postgres://u@h/db?sslmode=require&password=***",
-            ),
-            ("postgres://u:S3cretPw#x@h/db", "postgres://***"),
-            ("sqlite://fleet.db", "sqlite://fleet.db"),
-        ];
-        for (url, shown) in cases {
-            assert_eq!(redact_url(url), shown);
-        }
     }
 }
