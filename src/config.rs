@@ -861,10 +861,44 @@ mod tests {
             d.http.max_body_bytes_in_flight
         );
         assert_eq!(c.connect.scope, d.connect.scope);
+        assert_eq!(c.budget.calls_per_vehicle, d.budget.calls_per_vehicle);
+        assert_eq!(c.budget.period, d.budget.period);
+        assert_eq!(c.budget.min_interval, d.budget.min_interval);
+        assert_eq!(c.budget.reserve, d.budget.reserve);
+        assert_eq!(c.webhooks.webhook_id, d.webhooks.webhook_id);
+        assert_eq!(c.smartcar.management_url, d.smartcar.management_url);
+        assert!(c.allowance().is_some(), "an allowance by default");
         assert_eq!(
             c.connect.max_new_users_per_hour,
             d.connect.max_new_users_per_hour
         );
+    }
+
+    #[test]
+    fn the_budget_keys_are_validated_and_named() {
+        for (text, key) in [
+            ("[budget]\nperiod = \"weekly\"\n", "budget.period"),
+            ("[budget]\nreserve = \"95%\"\n", "budget.reserve"),
+            ("[budget]\nreserve = \"lots\"\n", "budget.reserve"),
+            ("[budget]\nmin_interval = \"0s\"\n", "budget.min_interval"),
+            (
+                "[budget]\ncalls_per_vehicle = -1\n",
+                "budget.calls_per_vehicle",
+            ),
+            ("[webhooks]\nwebhook_id = \"a b\"\n", "webhooks.webhook_id"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{text}: {e}");
+        }
+        let c = parse("[budget]\nreserve = \"25%\"\nperiod = \"60s\"\n").unwrap();
+        assert_eq!(c.budget.reserve, Reserve(0.25));
+        assert_eq!(
+            c.allowance().map(|a| a.period),
+            Some(crate::plan::Period::Every(Duration::from_secs(60)))
+        );
+        assert!(parse("[budget]\nreserve = 0.05\n").is_ok());
+        let c = parse("[budget]\ncalls_per_vehicle = 0\n").unwrap();
+        assert!(c.allowance().is_none(), "0 = unlimited");
     }
 
     #[test]
