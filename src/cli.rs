@@ -131,6 +131,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start and never moved around: the size of the `simulate` variant (every
+// simulator flag) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: schedule, workers, HTTP surface; SIGTERM stops it cleanly.
@@ -166,6 +169,15 @@ pub enum Command {
     /// Inspect and repair the job queue: list, retry dead jobs, cancel open ones.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Each vehicle against its allowance this period ([budget]): calls used, projected at the
+    /// period's end, planned interval, next poll, state; and a fleet summary.
+    Budget {
+        #[command(subcommand)]
+        plan: Option<BudgetCommand>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create or update the database schema.
     Migrate,
     /// Issue a one-time Smartcar Connect URL for one user to connect a vehicle (its `state` is
@@ -215,6 +227,19 @@ pub enum VehiclesCommand {
         #[arg(long, value_name = "USER_ID", value_parser = parse_user_id)]
         user: Option<String>,
         /// Print JSON (field names: README, "JSON output").
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetCommand {
+    /// A dry run of the planner for this configuration and a fleet size (no database).
+    Plan {
+        /// The fleet size to plan for.
+        #[arg(long, default_value_t = 1000)]
+        vehicles: u64,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -321,6 +346,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Vehicles(cmd) => vehicles(config, cmd).await,
         Command::Status { top, all, json } => status(config, top, all, json).await,
         Command::Jobs(cmd) => jobs(config, cmd).await,
+        Command::Budget { plan, json } => budget(config, plan, json).await,
         Command::Migrate => migrate(config).await,
         Command::ConnectUrl => connect_url(config).await,
         Command::CheckConfig => return check_config(config).await,
@@ -554,6 +580,37 @@ async fn status(config: Config, top: u64, all: bool, json: bool) -> anyhow::Resu
     let code = crate::admin::status(&config, &store, (!all).then_some(top), json).await?;
     store.close().await;
     Ok(code)
+}
+
+async fn budget(
+    config: Config,
+    cmd: Option<BudgetCommand>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let Some(a) = config.allowance() else {
+        out!(
+            "no allowance: [budget] calls_per_vehicle = 0 (unlimited); every signals tick polls every vehicle"
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    if let Some(BudgetCommand::Plan {
+        vehicles,
+        json: plan_json,
+    }) = cmd
+    {
+        let d = a.dry_run(vehicles);
+        if json || plan_json {
+            out!("{}", serde_json::to_string_pretty(&d)?)?;
+        } else {
+            out!("{d}")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = migrated_store(&config).await?;
+    let r = crate::allowance::report(&store, &a, Utc::now()).await?;
+    crate::allowance::print(&r, json)?;
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn jobs(config: Config, cmd: JobsCommand) -> anyhow::Result<ExitCode> {

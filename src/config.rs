@@ -49,6 +49,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub connect: ConnectConfig,
     pub retention: RetentionConfig,
+    pub budget: BudgetConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +67,8 @@ pub struct SmartcarConfig {
     /// The application management token, key of webhook signatures.
     pub management_token: Option<SecretString>,
     pub management_token_file: Option<PathBuf>,
+    /// The Management API (webhook subscriptions, contract §8).
+    pub management_url: String,
     /// `live` or `simulated`.
     pub vehicle_mode: String,
     #[serde(with = "duration_str")]
@@ -182,6 +186,73 @@ pub struct ConnectConfig {
     pub max_new_users_per_hour: u32,
 }
 
+/// `[budget]`: each vehicle's allowance of API calls per billing period (contract §6), and how
+/// the planner ([`crate::plan`]) spends it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// Calls per vehicle per period; 0 = unlimited (the planner is off, the signals cron polls
+    /// every vehicle on every tick as before).
+    pub calls_per_vehicle: u32,
+    /// `"month"` (calendar month, UTC) or a duration (`"60s"`), aligned to the Unix epoch.
+    pub period: String,
+    /// The shortest gap between two polls of one vehicle.
+    #[serde(with = "duration_str")]
+    pub min_interval: Duration,
+    /// Share of the allowance kept back for retries and on-demand calls (`"10%"` or `0.1`).
+    pub reserve: Reserve,
+}
+
+/// `[webhooks]`: the webhook whose subscriptions the connections sync keeps (contract §8).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// The webhook's id (Smartcar's Dashboard creates webhooks); empty: no subscriptions kept.
+    pub webhook_id: String,
+}
+
+/// A share between 0 and 1, written `"10%"` or `0.1`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reserve(pub f64);
+
+impl<'de> Deserialize<'de> for Reserve {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Num(f64),
+        }
+        let v = match Raw::deserialize(d)? {
+            Raw::Num(n) => n,
+            Raw::Text(s) => {
+                let t = s.trim();
+                match t.strip_suffix('%') {
+                    Some(p) => p.trim().parse::<f64>().map(|n| n / 100.0),
+                    None => t.parse::<f64>(),
+                }
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("{s:?} is not a share (e.g. \"10%\")"))
+                })?
+            }
+        };
+        Ok(Reserve(v))
+    }
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            // A typical plan's figure (contract §6): a daemon installed with the defaults fits
+            // it rather than getting 430s from day 10 on. Set your plan's number, or 0.
+            calls_per_vehicle: 500,
+            period: "month".into(),
+            min_interval: Duration::from_secs(30 * 60),
+            reserve: Reserve(0.1),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
@@ -199,6 +270,7 @@ impl Default for SmartcarConfig {
             client_secret_file: None,
             management_token: None,
             management_token_file: None,
+            management_url: "https://management.api.smartcar.com/v3".into(),
             vehicle_mode: "live".into(),
             request_timeout: Duration::from_secs(30),
         }
@@ -390,6 +462,7 @@ impl Config {
         for (key, url) in [
             ("smartcar.auth_url", &s.auth_url),
             ("smartcar.api_url", &s.api_url),
+            ("smartcar.management_url", &s.management_url),
         ] {
             match reqwest::Url::parse(url) {
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
@@ -492,6 +565,21 @@ impl Config {
         if !self.retention.samples.is_empty() {
             parse_duration(&self.retention.samples).map_err(|e| invalid("retention.samples", e))?;
         }
+        let b = &self.budget;
+        crate::plan::Period::parse(&b.period).map_err(|e| invalid("budget.period", e))?;
+        if b.min_interval < Duration::from_secs(1) {
+            return Err(invalid("budget.min_interval", "must be at least 1s"));
+        }
+        if !(0.0..=0.9).contains(&b.reserve.0) || b.reserve.0.is_nan() {
+            return Err(invalid(
+                "budget.reserve",
+                "must be between 0% and 90% (e.g. \"10%\")",
+            ));
+        }
+        let w = &self.webhooks.webhook_id;
+        if !w.is_empty() && !crate::ids::is_valid(w) {
+            return Err(invalid("webhooks.webhook_id", "not a valid id"));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
         Ok(())
@@ -546,6 +634,29 @@ impl Config {
         Some(crate::smartcar::RateLimit {
             requests_per_minute: NonZeroU32::new(self.rate_limit.requests_per_minute)?,
             burst: NonZeroU32::new(self.rate_limit.burst)?,
+        })
+    }
+
+    /// The allowance planner's settings, or `None` when `calls_per_vehicle = 0` (unlimited).
+    pub fn allowance(&self) -> Option<crate::plan::Allowance> {
+        let b = &self.budget;
+        Some(crate::plan::Allowance {
+            calls: NonZeroU32::new(b.calls_per_vehicle)?,
+            period: crate::plan::Period::parse(&b.period).ok()?,
+            min_interval: b.min_interval,
+            reserve: b.reserve.0,
+        })
+    }
+
+    /// Where to keep webhook subscriptions: both a management token and `[webhooks]
+    /// webhook_id` configured (without the token, pushed readings could not be verified).
+    pub fn subscriptions(&self) -> Option<crate::jobs::Subscriptions> {
+        if self.webhooks.webhook_id.is_empty() || self.management_token_source().is_none() {
+            return None;
+        }
+        Some(crate::jobs::Subscriptions {
+            management_url: reqwest::Url::parse(&self.smartcar.management_url).ok()?,
+            webhook_id: self.webhooks.webhook_id.clone(),
         })
     }
 
@@ -750,10 +861,44 @@ mod tests {
             d.http.max_body_bytes_in_flight
         );
         assert_eq!(c.connect.scope, d.connect.scope);
+        assert_eq!(c.budget.calls_per_vehicle, d.budget.calls_per_vehicle);
+        assert_eq!(c.budget.period, d.budget.period);
+        assert_eq!(c.budget.min_interval, d.budget.min_interval);
+        assert_eq!(c.budget.reserve, d.budget.reserve);
+        assert_eq!(c.webhooks.webhook_id, d.webhooks.webhook_id);
+        assert_eq!(c.smartcar.management_url, d.smartcar.management_url);
+        assert!(c.allowance().is_some(), "an allowance by default");
         assert_eq!(
             c.connect.max_new_users_per_hour,
             d.connect.max_new_users_per_hour
         );
+    }
+
+    #[test]
+    fn the_budget_keys_are_validated_and_named() {
+        for (text, key) in [
+            ("[budget]\nperiod = \"weekly\"\n", "budget.period"),
+            ("[budget]\nreserve = \"95%\"\n", "budget.reserve"),
+            ("[budget]\nreserve = \"lots\"\n", "budget.reserve"),
+            ("[budget]\nmin_interval = \"0s\"\n", "budget.min_interval"),
+            (
+                "[budget]\ncalls_per_vehicle = -1\n",
+                "budget.calls_per_vehicle",
+            ),
+            ("[webhooks]\nwebhook_id = \"a b\"\n", "webhooks.webhook_id"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{text}: {e}");
+        }
+        let c = parse("[budget]\nreserve = \"25%\"\nperiod = \"60s\"\n").unwrap();
+        assert_eq!(c.budget.reserve, Reserve(0.25));
+        assert_eq!(
+            c.allowance().map(|a| a.period),
+            Some(crate::plan::Period::Every(Duration::from_secs(60)))
+        );
+        assert!(parse("[budget]\nreserve = 0.05\n").is_ok());
+        let c = parse("[budget]\ncalls_per_vehicle = 0\n").unwrap();
+        assert!(c.allowance().is_none(), "0 = unlimited");
     }
 
     #[test]

@@ -176,6 +176,8 @@ impl Daemon {
             JobContext {
                 store: self.store.clone(),
                 client: self.client.clone(),
+                allowance: self.config.allowance(),
+                subscriptions: self.config.subscriptions(),
             },
             queue_settings(&self.config),
             self.wake.clone(),
@@ -192,6 +194,7 @@ impl Daemon {
             self.store.clone(),
             self.wake.clone(),
         )
+        .map(|s| s.with_allowance(self.config.allowance()))
         .map_err(anyhow::Error::msg)
     }
 
@@ -303,6 +306,7 @@ impl Daemon {
             secrets: self.http_secrets.clone(),
             limits: self.http_limits.clone(),
             connect: Arc::new(ConnectSettings::from_config(&self.config)),
+            allowance: self.config.allowance(),
         }
     }
 

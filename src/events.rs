@@ -82,6 +82,11 @@ struct Metrics {
     rate_factor: Gauge<f64, std::sync::atomic::AtomicU64>,
     live_daemons: Gauge,
     rate_tokens_used: Gauge,
+    allowance_calls: Counter,
+    allowance_skipped: Family<OutcomeLabels, Counter>,
+    allowance_interval: Family<StateLabels, Histogram>,
+    allowance_planned: Counter,
+    subscriptions: Family<OutcomeLabels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -181,7 +186,44 @@ fn metrics() -> &'static Metrics {
             "Rate tokens (API calls) this process has used since it started",
             rate_tokens_used.clone(),
         );
+        let allowance_calls = Counter::default();
+        registry.register(
+            "allowance_calls",
+            "API calls counted against vehicles' allowances (retries and 429s included)",
+            allowance_calls.clone(),
+        );
+        let allowance_skipped = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "allowance_polls_skipped",
+            "Planned polls not sent: readings pushed within the interval, or the allowance spent",
+            allowance_skipped.clone(),
+        );
+        let allowance_interval = Family::<StateLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 2.0, 18))
+        });
+        registry.register(
+            "allowance_interval_seconds",
+            "Planned poll intervals by vehicle state",
+            allowance_interval.clone(),
+        );
+        let allowance_planned = Counter::default();
+        registry.register(
+            "allowance_polls_planned",
+            "Polls the planner tick enqueued at their planned time",
+            allowance_planned.clone(),
+        );
+        let subscriptions = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_subscriptions",
+            "Management API subscription calls by outcome",
+            subscriptions.clone(),
+        );
         Metrics {
+            allowance_calls,
+            allowance_skipped,
+            allowance_interval,
+            allowance_planned,
+            subscriptions,
             rate_configured,
             rate_application,
             rate_own,
@@ -527,4 +569,98 @@ pub fn schedule_stalled(schedule: &'static str, last: DateTime<Utc>) {
         .inc();
     tracing::error!(schedule, last_tick = %last,
         "schedule has not fired for two periods; firing the missed tick from the watchdog");
+}
+
+/// Calls counted against a vehicle's allowance by one poll (every request sent).
+pub fn allowance_calls(n: i64) {
+    if n > 0 {
+        metrics()
+            .allowance_calls
+            .inc_by(u64::try_from(n).unwrap_or_default());
+    }
+    tracing::debug!(calls = n, "calls counted against the vehicle's allowance");
+}
+
+/// Why a planned poll was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowanceSkip {
+    /// Readings pushed by a webhook within the interval.
+    Pushed,
+    /// The allowance of this period is spent, or the period ends within the guard.
+    Spent,
+}
+
+impl AllowanceSkip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllowanceSkip::Pushed => "pushed",
+            AllowanceSkip::Spent => "spent",
+        }
+    }
+}
+
+/// A planned poll not sent.
+pub fn allowance_skipped(why: AllowanceSkip) {
+    let outcome = why.as_str();
+    metrics()
+        .allowance_skipped
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
+    tracing::info!(reason = outcome, "planned poll not sent");
+}
+
+/// The planner's interval for a vehicle after a poll.
+pub fn vehicle_planned(state: crate::plan::VehicleState, interval: Duration) {
+    let state = state.as_str();
+    metrics()
+        .allowance_interval
+        .get_or_create(&StateLabels { state })
+        .observe(interval.as_secs_f64());
+    tracing::debug!(
+        state,
+        interval_s = interval.as_secs_f64(),
+        "vehicle planned"
+    );
+}
+
+/// The planner tick enqueued `n` polls at their planned times.
+pub fn polls_planned(n: u64) {
+    metrics().allowance_planned.inc_by(n);
+    tracing::debug!(enqueued = n, "planner tick");
+}
+
+/// How a Management API subscription call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionOutcome {
+    /// 202: created.
+    Subscribed,
+    /// 409: it already existed.
+    AlreadySubscribed,
+    Unsubscribed,
+    Failed,
+}
+
+impl SubscriptionOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionOutcome::Subscribed => "subscribed",
+            SubscriptionOutcome::AlreadySubscribed => "already_subscribed",
+            SubscriptionOutcome::Unsubscribed => "unsubscribed",
+            SubscriptionOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One subscription call for a vehicle.
+pub fn subscription(outcome: SubscriptionOutcome, vehicle_id: &str) {
+    let o = outcome.as_str();
+    metrics()
+        .subscriptions
+        .get_or_create(&OutcomeLabels { outcome: o })
+        .inc();
+    if outcome == SubscriptionOutcome::Failed {
+        tracing::warn!(vehicle_id, outcome = o, "webhook subscription call failed");
+    } else {
+        tracing::info!(vehicle_id, outcome = o, "webhook subscription");
+    }
 }

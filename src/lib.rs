@@ -9,6 +9,7 @@
 //! feature `simulator`.
 
 pub mod admin;
+pub mod allowance;
 pub mod budget;
 pub mod cli;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod ids;
 pub mod jobs;
 pub mod lifecycle;
+pub mod plan;
 pub mod queue;
 pub mod schedule;
 pub mod smartcar;

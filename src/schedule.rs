@@ -75,6 +75,8 @@ pub struct Schedule {
     discover_users: bool,
     /// Wakes the worker pool when a tick enqueued work.
     wake: Arc<Notify>,
+    /// `[budget]`: with an allowance, a signals tick is the planner's tick.
+    allowance: Option<crate::plan::Allowance>,
 }
 
 impl Schedule {
@@ -102,7 +104,15 @@ impl Schedule {
             store,
             discover_users,
             wake,
+            allowance: None,
         })
+    }
+
+    /// With an allowance, each signals tick enqueues every pollable vehicle without an open
+    /// poll at its planned time ([`crate::plan`]) instead of polling the fleet at once.
+    pub fn with_allowance(mut self, allowance: Option<crate::plan::Allowance>) -> Self {
+        self.allowance = allowance;
+        self
     }
 
     fn entry(&self, which: Which) -> &Entry {
@@ -139,7 +149,10 @@ impl Schedule {
                 }
                 n + self.store.enqueue_syncs_for_all_users(now, None).await?
             }
-            Which::Signals => self.store.enqueue_polls_for_pollable(now, None).await?,
+            Which::Signals => match &self.allowance {
+                Some(a) => plan_tick(&self.store, a, now).await?,
+                None => self.store.enqueue_polls_for_pollable(now, None).await?,
+            },
         };
         events::schedule_fired(which.name(), tick_at, n);
         self.wake.notify_one();
@@ -269,6 +282,42 @@ impl Schedule {
         }
         stalled
     }
+}
+
+/// The planner's tick: every pollable vehicle with no poll open gets one at its planned time
+/// (its phase in its interval, from its budget left, the time left and its state). Returns the
+/// polls enqueued. The wait is data: the job's `run_at`.
+pub async fn plan_tick(
+    store: &Store,
+    allowance: &crate::plan::Allowance,
+    now: DateTime<Utc>,
+) -> anyhow::Result<u64> {
+    let (period_start, _) = allowance.period.bounds(now);
+    let mut n = 0;
+    for c in store.plan_candidates(now, period_start).await? {
+        let planned = allowance.plan(
+            &crate::plan::VehicleFacts {
+                vehicle_id: &c.vehicle_id,
+                state: c.state,
+                used: c.used,
+                last_polled_at: c.last_polled_at,
+                last_pushed_at: c.last_pushed_at,
+            },
+            now,
+        );
+        if store
+            .enqueue_planned_poll(&c.vehicle_id, planned.next_at)
+            .await?
+        {
+            n += 1;
+        }
+        let interval_ms = i64::try_from(planned.interval.as_millis()).unwrap_or(i64::MAX);
+        store
+            .save_next_poll(&c.vehicle_id, interval_ms, planned.next_at, now)
+            .await?;
+    }
+    events::polls_planned(n);
+    Ok(n)
 }
 
 #[cfg(test)]

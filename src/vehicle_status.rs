@@ -15,9 +15,13 @@ const RECONNECT_WAIT: chrono::Duration = chrono::Duration::hours(6);
 
 /// The status a problem sets, and until when polling stops (None: until something changes
 /// the status, such as the connections listing the vehicle again).
+///
+/// A 430 blocks the vehicle until its allowance's period ends: the `[budget]` period when an
+/// allowance is configured, else the calendar month.
 pub fn consequence(
     problem: VehicleProblem,
     now: DateTime<Utc>,
+    allowance: Option<&crate::plan::Allowance>,
 ) -> (VehicleStatus, Option<DateTime<Utc>>) {
     match problem {
         VehicleProblem::PermissionDenied => (VehicleStatus::PermissionDenied, None),
@@ -27,8 +31,15 @@ pub fn consequence(
         VehicleProblem::NeedsReconnect => {
             (VehicleStatus::NeedsReconnect, Some(now + RECONNECT_WAIT))
         }
-        // The monthly allowance is spent: nothing until the next calendar month.
-        VehicleProblem::BillingLimited => (VehicleStatus::BillingLimited, Some(next_month(now))),
+        // The allowance is spent (another application shares the vehicle, or the plan is
+        // smaller than configured): nothing until the period ends.
+        VehicleProblem::BillingLimited => (
+            VehicleStatus::BillingLimited,
+            Some(match allowance {
+                Some(a) => a.period.bounds(now).1,
+                None => next_month(now),
+            }),
+        ),
     }
 }
 
@@ -44,13 +55,16 @@ pub fn problem_of_webhook_error(error_type: &str) -> Option<VehicleProblem> {
     }
 }
 
-/// The status update a poll's permanent error makes.
+/// The status update a poll's permanent error makes. With an allowance configured
+/// (`[budget]`), a 430 blocks the vehicle until the end of the configured period rather than
+/// the calendar month.
 pub fn status_for(
     problem: VehicleProblem,
     err: &ApiError,
     now: DateTime<Utc>,
+    allowance: Option<&crate::plan::Allowance>,
 ) -> VehicleStatusUpdate {
-    let (status, blocked_until) = consequence(problem, now);
+    let (status, blocked_until) = consequence(problem, now, allowance);
     VehicleStatusUpdate {
         status,
         reason: err.to_string(),
@@ -102,8 +116,26 @@ mod tests {
             assert_eq!(problem_of_webhook_error(error_type), Some(problem));
         }
         assert_eq!(problem_of_webhook_error("VEHICLE_STATE"), None);
+        // With an allowance, a 430 blocks until its period ends.
+        let a = crate::plan::Allowance {
+            calls: std::num::NonZeroU32::MIN,
+            period: crate::plan::Period::parse("6h").unwrap(),
+            min_interval: std::time::Duration::from_secs(60),
+            reserve: 0.1,
+        };
         assert_eq!(
-            consequence(VehicleProblem::NeedsReconnect, now),
+            consequence(VehicleProblem::BillingLimited, now, Some(&a)),
+            (
+                VehicleStatus::BillingLimited,
+                Some(Utc.with_ymd_and_hms(2026, 12, 17, 12, 0, 0).unwrap())
+            )
+        );
+        assert_eq!(
+            consequence(VehicleProblem::BillingLimited, now, None).1,
+            Some(Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap())
+        );
+        assert_eq!(
+            consequence(VehicleProblem::NeedsReconnect, now, None),
             (VehicleStatus::NeedsReconnect, Some(now + RECONNECT_WAIT))
         );
     }

@@ -47,6 +47,9 @@ pub struct DaemonConfig {
     pub connections_cron: String,
     pub signals_cron: String,
     pub max_connections: u32,
+    /// Appended to the file: by default `[budget] calls_per_vehicle = 0` (no allowance, every
+    /// signals tick polls every vehicle), which the throughput benches measure.
+    pub extra: String,
 }
 
 impl DaemonConfig {
@@ -69,6 +72,7 @@ impl DaemonConfig {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(8),
+            extra: "[budget]\ncalls_per_vehicle = 0\n".to_owned(),
         }
     }
 
@@ -106,6 +110,8 @@ shutdown_grace = "{grace}ms"
 [http]
 listen = ""
 admin_listen = ""
+
+{extra}
 "#,
             auth = sim.auth_url(),
             api = sim.api_url(),
@@ -123,6 +129,7 @@ admin_listen = ""
             bmin = ms(self.backoff_min),
             bmax = ms(self.backoff_max),
             grace = ms(self.shutdown_grace),
+            extra = self.extra,
         );
         let path = dir.join("config.toml");
         std::fs::write(&path, text)?;

@@ -132,6 +132,8 @@ pub struct HttpState {
     pub limits: Arc<ServerLimits>,
     /// How Connect URLs are issued and callbacks bounded.
     pub connect: Arc<ConnectSettings>,
+    /// `[budget]`: a `VEHICLE_ERROR` 430 blocks the vehicle until its period ends.
+    pub allowance: Option<crate::plan::Allowance>,
 }
 
 impl std::fmt::Debug for HttpState {

@@ -196,7 +196,7 @@ async fn deliver(state: &HttpState, event_type: &str, envelope: &Value, raw: &[u
             .map(Vec::as_slice)
             .unwrap_or_default()
             .iter()
-            .filter_map(|e| vehicle_error(e, now))
+            .filter_map(|e| vehicle_error(e, now, state.allowance.as_ref()))
             .collect();
         (Vec::new(), Vec::new(), errors)
     };
@@ -247,7 +247,11 @@ async fn deliver(state: &HttpState, event_type: &str, envelope: &Value, raw: &[u
 
 /// One `VEHICLE_ERROR` entry as a status change. Permanent problems set the status a poll
 /// hitting them would set; others (an asleep car) only note the reason.
-fn vehicle_error(e: &Value, now: DateTime<Utc>) -> Option<VehicleErrorUpdate> {
+fn vehicle_error(
+    e: &Value,
+    now: DateTime<Utc>,
+    allowance: Option<&crate::plan::Allowance>,
+) -> Option<VehicleErrorUpdate> {
     let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default();
     let error_type = text("type");
     if error_type.is_empty() {
@@ -260,7 +264,7 @@ fn vehicle_error(e: &Value, now: DateTime<Utc>) -> Option<VehicleErrorUpdate> {
     }
     let (status, blocked_until) = match vehicle_status::problem_of_webhook_error(error_type) {
         Some(problem) => {
-            let (status, until) = vehicle_status::consequence(problem, now);
+            let (status, until) = vehicle_status::consequence(problem, now, allowance);
             (Some(status), until)
         }
         None => (None, None),
@@ -286,6 +290,7 @@ mod tests {
             &json!({"type": "BILLING", "code": "VEHICLE_LIMIT", "state": "ERROR",
                     "description": "limit"}),
             now,
+            None,
         );
         let Some(VehicleErrorUpdate::Raised { status, reason, .. }) = raised else {
             panic!("{raised:?}");
@@ -294,11 +299,12 @@ mod tests {
         let resolved = vehicle_error(
             &json!({"type": "BILLING", "code": "VEHICLE_LIMIT", "state": "RESOLVED"}),
             now,
+            None,
         );
         let Some(VehicleErrorUpdate::Resolved { marker }) = resolved else {
             panic!("{resolved:?}");
         };
         assert!(reason.starts_with(&marker));
-        assert_eq!(vehicle_error(&json!({"code": "X"}), now), None);
+        assert_eq!(vehicle_error(&json!({"code": "X"}), now, None), None);
     }
 }

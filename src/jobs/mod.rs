@@ -16,6 +16,19 @@ use crate::store::{Job, JobKind, Store, StoreError};
 pub struct JobContext {
     pub store: Store,
     pub client: Client,
+    /// `[budget]`: the per-vehicle allowance polls are counted against (`None`: unlimited).
+    pub allowance: Option<crate::plan::Allowance>,
+    /// Webhook subscriptions kept by each connections sync (`None`: not configured).
+    pub subscriptions: Option<Subscriptions>,
+}
+
+/// Where and to what the connections sync subscribes vehicles (contract §8).
+#[derive(Clone, Debug)]
+pub struct Subscriptions {
+    /// `[smartcar] management_url`.
+    pub management_url: url::Url,
+    /// `[webhooks] webhook_id`.
+    pub webhook_id: String,
 }
 
 /// A job that did not complete. The queue decides what happens next from the API error's

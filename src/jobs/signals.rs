@@ -8,9 +8,13 @@
 //! the rest and nothing is lost or duplicated; a reading that changed between the two tries is
 //! kept in both versions, as two samples.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use chrono::{DateTime, Utc};
 
 use super::{Done, JobContext, JobError};
+use crate::events::AllowanceSkip;
+use crate::plan::{Allowance, VehicleFacts, VehicleState};
 use crate::smartcar::time::plausible_reading_time;
 use crate::smartcar::{Signal, SignalStatus};
 use crate::store::{Job, NewSample, PollResult, SampleSource, SignalState};
@@ -22,11 +26,28 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         return Ok(Done::Skipped("vehicle no longer known"));
     };
     tracing::Span::current().record("user_id", user_id.as_str());
-    let signals = match ctx
+    // With an allowance, the call is counted (and may be refused) before it is sent.
+    let metered = match &ctx.allowance {
+        Some(a) => match meter(ctx, a, job).await? {
+            Ok(m) => Some(m),
+            Err(skipped) => return Ok(skipped),
+        },
+        None => None,
+    };
+    let sent = AtomicU32::new(0);
+    let result = ctx
         .client
-        .signals_keeping_partial(vehicle_id, &user_id)
-        .await
-    {
+        .signals_metered(vehicle_id, &user_id, &sent)
+        .await;
+    if let Some(m) = &metered {
+        // One call was counted ahead; settle the count with the requests actually sent.
+        let extra = i64::from(sent.load(Ordering::Relaxed)) - 1;
+        if let Err(e) = ctx.store.add_calls(vehicle_id, m.period_start, extra).await {
+            tracing::warn!(error = %e, extra, "cannot settle the vehicle's call count");
+        }
+        crate::events::allowance_calls(i64::from(sent.load(Ordering::Relaxed)));
+    }
+    let signals = match result {
         Ok(s) => s,
         Err(partial) => {
             if !partial.received.is_empty() {
@@ -58,10 +79,139 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     };
     let outcome = ctx.store.finish_poll(job, &result).await?;
     crate::events::samples_stored(crate::events::SampleOrigin::Poll, outcome.samples_inserted);
+    if let (Some(a), Some(m)) = (&ctx.allowance, metered) {
+        replan(ctx, a, vehicle_id, &signals, m, now).await;
+    }
     Ok(Done::Polled {
         signals: signals.len(),
         inserted: outcome.samples_inserted,
     })
+}
+
+/// A call counted ahead of a poll.
+#[derive(Debug, Clone)]
+struct Metered {
+    period_start: DateTime<Utc>,
+    used: u32,
+    previous: Option<String>,
+}
+
+/// Counts the poll's call against the vehicle's allowance before it is sent, or completes the
+/// job without calling: readings pushed by a webhook within the interval stand in for it, and
+/// a vehicle whose allowance is spent (or whose period ends within the guard) is not called at
+/// all: the daemon's own polling never earns a 430. The planner tick plans its next poll.
+async fn meter(
+    ctx: &JobContext,
+    a: &Allowance,
+    job: &Job,
+) -> Result<Result<Metered, Done>, JobError> {
+    let vehicle_id = job.subject.as_str();
+    let now = Utc::now();
+    let (period_start, _) = a.period.bounds(now);
+    let used = ctx.store.calls_used(vehicle_id, period_start).await?;
+    let (state, previous) = ctx
+        .store
+        .vehicle_plan_state(vehicle_id)
+        .await?
+        .unwrap_or((VehicleState::Unknown, None));
+    if let (Some(pushed), Some(interval)) = (
+        ctx.store.last_pushed_at(vehicle_id).await?,
+        a.interval(state, used, now, crate::plan::phase(vehicle_id)),
+    ) && pushed + chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX) > now
+    {
+        ctx.store.complete(job).await?;
+        crate::events::allowance_skipped(AllowanceSkip::Pushed);
+        return Ok(Err(Done::Skipped(
+            "readings pushed by webhook within the interval",
+        )));
+    }
+    let reserved = if a.may_call(used, now) {
+        ctx.store
+            .reserve_call(vehicle_id, period_start, a.calls.get())
+            .await?
+    } else {
+        None
+    };
+    let Some(used) = reserved else {
+        ctx.store.complete(job).await?;
+        crate::events::allowance_skipped(AllowanceSkip::Spent);
+        tracing::info!(
+            used,
+            allowance = a.calls.get(),
+            "allowance spent for this period (or it ends now): not polled"
+        );
+        return Ok(Err(Done::Skipped("allowance spent for this period")));
+    };
+    Ok(Ok(Metered {
+        period_start,
+        used,
+        previous,
+    }))
+}
+
+/// Whether `code` is `wanted` (kebab case, or the camelCase variant).
+fn is_code(code: &str, wanted: &str) -> bool {
+    code.chars()
+        .filter(|c| *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .eq(wanted.chars().filter(|c| *c != '-'))
+}
+
+/// Whether the readings say the vehicle charges, and its odometer/location fingerprint.
+pub fn motion(signals: &[crate::smartcar::Signal]) -> (bool, String) {
+    let mut charging = false;
+    let mut odometer = String::new();
+    let mut location = String::new();
+    for s in signals.iter().filter(|s| s.status == SignalStatus::Success) {
+        if is_code(&s.code, "charge-ischarging") {
+            charging = s.value_num.is_some_and(|v| v > 0.5)
+                || s.body
+                    .as_ref()
+                    .and_then(|b| b.get("value"))
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false);
+        } else if is_code(&s.code, "odometer-traveleddistance") {
+            odometer = s.value_num.map(|v| v.to_string()).unwrap_or_default();
+        } else if is_code(&s.code, "location-preciselocation") {
+            location = s.body_json();
+        }
+    }
+    (charging, format!("{odometer}|{location}"))
+}
+
+/// After a poll: the vehicle's state from its readings, and its next poll, recorded for the
+/// planner tick and `budget`. A failure here loses nothing but a plan the tick recomputes.
+async fn replan(
+    ctx: &JobContext,
+    a: &Allowance,
+    vehicle_id: &str,
+    signals: &[crate::smartcar::Signal],
+    m: Metered,
+    now: DateTime<Utc>,
+) {
+    let (charging, fingerprint) = motion(signals);
+    let state = VehicleState::from_readings(charging, &fingerprint, m.previous.as_deref());
+    let planned = a.plan(
+        &VehicleFacts {
+            vehicle_id,
+            state,
+            used: m.used,
+            last_polled_at: Some(now),
+            last_pushed_at: None,
+        },
+        now,
+    );
+    crate::events::vehicle_planned(state, planned.interval);
+    let record = crate::store::PlanRecord {
+        vehicle_id: vehicle_id.to_owned(),
+        state,
+        fingerprint,
+        interval_ms: i64::try_from(planned.interval.as_millis()).unwrap_or(i64::MAX),
+        next_poll_at: planned.next_at,
+    };
+    if let Err(e) = ctx.store.save_plan(&record, now).await {
+        tracing::warn!(error = %e, "cannot record the vehicle's plan; the next tick recomputes it");
+    }
 }
 
 /// The `error_type` of a status recorded for a reading whose time cannot be used.

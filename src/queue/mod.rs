@@ -300,7 +300,8 @@ impl Runner {
                 JobOutcome::Deferred
             }
             Action::Permanent(problem) if job.kind == JobKind::PollSignals => {
-                let update = vehicle_status::status_for(problem, &err, now);
+                let update =
+                    vehicle_status::status_for(problem, &err, now, self.ctx.allowance.as_ref());
                 tracing::warn!(error = %err, status = update.status.as_str(),
                     blocked_until = ?update.blocked_until, "vehicle cannot be polled");
                 match store

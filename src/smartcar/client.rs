@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -203,6 +203,19 @@ impl Client {
         vehicle_id: &str,
         user_id: &str,
     ) -> Result<Vec<Signal>, PartialSignals> {
+        self.signals_metered(vehicle_id, user_id, &AtomicU32::new(0))
+            .await
+    }
+
+    /// [`Client::signals_keeping_partial`], adding to `sent` every request that left for the
+    /// server (a retry after a 401 and every page count; a call stopped before sending does
+    /// not): the vehicle's allowance is billed per request.
+    pub async fn signals_metered(
+        &self,
+        vehicle_id: &str,
+        user_id: &str,
+        sent: &AtomicU32,
+    ) -> Result<Vec<Signal>, PartialSignals> {
         const EP: &str = "signals";
         let first = self
             .url(EP, &format!("vehicles/{}/signals", encode(vehicle_id)))
@@ -219,7 +232,10 @@ impl Client {
                     e.on_continuation()
                 },
             };
-            let (bytes, request_id) = match self.get_bytes(EP, url.clone(), Some(user_id)).await {
+            let (bytes, request_id) = match self
+                .get_bytes(EP, url.clone(), Some(user_id), Some(sent))
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => return Err(fail(out, e)),
             };
@@ -311,7 +327,7 @@ impl Client {
         url: Url,
         user_id: Option<&str>,
     ) -> Result<(Value, Option<String>), ApiError> {
-        let (body, request_id) = self.get_bytes(endpoint, url, user_id).await?;
+        let (body, request_id) = self.get_bytes(endpoint, url, user_id, None).await?;
         let v = serde_json::from_slice(&body)
             .map_err(|e| malformed(endpoint, format!("not JSON: {e}"), request_id.clone()))?;
         Ok((v, request_id))
@@ -323,6 +339,7 @@ impl Client {
         endpoint: &'static str,
         url: Url,
         user_id: Option<&str>,
+        sent: Option<&AtomicU32>,
     ) -> Result<(Vec<u8>, Option<String>), ApiError> {
         let inner = &*self.inner;
         let mut reauthenticated = false;
@@ -346,6 +363,9 @@ impl Client {
                 .timeout(inner.timeout);
             if let Some(u) = user_id {
                 req = req.header("sc-user-id", u);
+            }
+            if let Some(sent) = sent {
+                sent.fetch_add(1, Ordering::Relaxed);
             }
             let resp = match req.send().await {
                 Ok(r) => r,
@@ -417,6 +437,117 @@ impl Client {
         }
     }
 
+    /// `POST {management}/subscriptions` (contract §8): subscribes the vehicle to the webhook.
+    /// `Ok(true)`: created (202); `Ok(false)`: it already existed (409).
+    pub async fn subscribe(
+        &self,
+        management: &Url,
+        webhook_id: &str,
+        user_id: &str,
+        vehicle_id: &str,
+    ) -> Result<bool, ApiError> {
+        const EP: &str = "subscriptions";
+        let url = join_base(management, "subscriptions", EP)?;
+        let body = serde_json::json!({"data": {"attributes": {
+            "webhookId": webhook_id, "userId": user_id, "vehicleId": vehicle_id}}});
+        match self
+            .management_call(EP, Method::POST, url, Some(body))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(409) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `DELETE {management}/subscriptions/{webhookId}/vehicles/{vehicleId}`. `Ok(false)`: there
+    /// was no such subscription (404), which is what was wanted.
+    pub async fn unsubscribe(
+        &self,
+        management: &Url,
+        webhook_id: &str,
+        vehicle_id: &str,
+    ) -> Result<bool, ApiError> {
+        const EP: &str = "subscriptions";
+        let path = format!(
+            "subscriptions/{}/vehicles/{}",
+            encode(webhook_id),
+            encode(vehicle_id)
+        );
+        let url = join_base(management, &path, EP)?;
+        match self.management_call(EP, Method::DELETE, url, None).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A Management API call through the same gate as every other call (rate budget, pause,
+    /// the application token, one retry after a 401). Returns the status and request id of a
+    /// success.
+    async fn management_call(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<Value>,
+    ) -> Result<(u16, Option<String>), ApiError> {
+        let inner = &*self.inner;
+        let mut reauthenticated = false;
+        loop {
+            if let Some(budget) = &inner.budget {
+                budget.acquire().await;
+            }
+            if let Some(until) = self.paused_until() {
+                return Err(ApiError::new(ErrorKind::Paused(until), endpoint));
+            }
+            let token = inner
+                .tokens
+                .get()
+                .await
+                .map_err(|e| ApiError::new(ErrorKind::Token(e), endpoint))?;
+            let mut req = inner
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(token.expose())
+                .timeout(inner.timeout);
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => return Err(self.transport_error(endpoint, &e)),
+            };
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let request_id = headers
+                .get("sc-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let bytes = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) => return Err(self.transport_error(endpoint, &e)),
+            };
+            crate::events::api_call(endpoint, CallClass::of_status(status.as_u16()));
+            if status.is_success() {
+                return Ok((status.as_u16(), request_id));
+            }
+            if status == StatusCode::UNAUTHORIZED && !reauthenticated {
+                inner.tokens.invalidate(token.generation);
+                reauthenticated = true;
+                continue;
+            }
+            return Err(ApiError::from_response(
+                endpoint,
+                status.as_u16(),
+                &headers,
+                &bytes,
+                Utc::now(),
+                inner.max_retry_after,
+            ));
+        }
+    }
+
     fn transport_error(&self, endpoint: &'static str, e: &reqwest::Error) -> ApiError {
         crate::events::api_call(endpoint, CallClass::NoAnswer);
         let kind = if e.is_timeout() {
@@ -432,6 +563,15 @@ fn malformed(endpoint: &'static str, e: impl ToString, request_id: Option<String
     ApiError::new(ErrorKind::Malformed, endpoint)
         .with_detail(e.to_string())
         .with_request_id(request_id)
+}
+
+/// `base` (e.g. the Management API's `…/v3`) joined with `path`.
+fn join_base(base: &Url, path: &str, endpoint: &'static str) -> Result<Url, ApiError> {
+    let mut b = base.as_str().trim_end_matches('/').to_owned();
+    b.push('/');
+    Url::parse(&b).and_then(|u| u.join(path)).map_err(|e| {
+        ApiError::new(ErrorKind::Malformed, endpoint).with_detail(format!("bad url: {e}"))
+    })
 }
 
 /// Ids are opaque; keep them to one path segment.

@@ -47,6 +47,11 @@ const SQLITE: Embedded = &[
         include_str!("../../migrations/sqlite/0006_rate_budget.sql"),
     ),
     (
+        7,
+        "allowance",
+        include_str!("../../migrations/sqlite/0007_allowance.sql"),
+    ),
+    (
         8,
         "compact samples",
         include_str!("../../migrations/sqlite/0008_compact_samples.sql"),
@@ -83,6 +88,11 @@ const POSTGRES: Embedded = &[
         6,
         "rate_budget",
         include_str!("../../migrations/postgres/0006_rate_budget.sql"),
+    ),
+    (
+        7,
+        "allowance",
+        include_str!("../../migrations/postgres/0007_allowance.sql"),
     ),
     (
         8,

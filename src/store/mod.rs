@@ -28,6 +28,7 @@
 #[macro_use]
 mod vehicle_status;
 
+mod allowance;
 mod audit;
 mod budget;
 pub mod compact;
@@ -45,6 +46,7 @@ mod sqlite;
 pub mod time;
 mod webhooks;
 
+pub use allowance::{BudgetRow, PlanCandidate, PlanRecord};
 pub use audit::TokenAuditRow;
 pub use budget::{BudgetView, DaemonBeat, DaemonRow};
 pub use connect::{ConnectRedemption, StateProof};

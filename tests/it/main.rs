@@ -2,6 +2,7 @@
 //! store and daemon tests run once per database backend (SQLite always, PostgreSQL when a
 //! server can be started or `TEST_DATABASE_URL` is set).
 
+mod allowance;
 mod budget;
 mod client;
 mod daemon;

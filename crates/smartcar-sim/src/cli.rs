@@ -9,7 +9,7 @@ use anyhow::Context;
 use super::Simulator;
 use super::config::{
     Bucket, ErrorBodyVariant, Faults, LinkStyle, PagingVariant, RetryAfterForm, SimConfig,
-    TimestampFormat, UserIdLocation, Variants,
+    TimestampFormat, UserIdLocation, Variants, VehicleAllowance,
 };
 
 /// `writeln!` to stdout, returning the `io::Result`: a closed pipe is not a panic.
@@ -118,6 +118,19 @@ pub struct SimArgs {
     pub no_record: bool,
     #[arg(long, default_value = "sim-management-token")]
     pub management_token: String,
+    /// Per-vehicle allowance: calls per `--allowance-period-secs` (430 past it; omit for none).
+    #[arg(long)]
+    pub allowance_calls: Option<u32>,
+    #[arg(long, default_value_t = 30 * 86_400)]
+    pub allowance_period_secs: u64,
+    /// A third of the vehicles parked, a third charging, a third driving.
+    #[arg(long)]
+    pub behaviour_thirds: bool,
+    /// Push VEHICLE_STATE webhooks for subscribed vehicles to this URL.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    pub webhook_every_secs: u64,
 }
 
 impl SimArgs {
@@ -165,6 +178,13 @@ impl SimArgs {
             },
             record_served: !self.no_record,
             management_token: self.management_token.clone(),
+            allowance: self.allowance_calls.map(|calls| VehicleAllowance {
+                calls,
+                period: Duration::from_secs(self.allowance_period_secs.max(1)),
+            }),
+            behaviour_thirds: self.behaviour_thirds,
+            webhook_url: self.webhook_url.clone(),
+            webhook_every: Duration::from_secs(self.webhook_every_secs.max(1)),
         }
     }
 }

@@ -32,6 +32,35 @@ pub struct SimConfig {
     pub record_served: bool,
     /// Key of the webhook signature (the Application Management Token).
     pub management_token: String,
+    /// Per-vehicle allowance (§6): past `calls` vehicle-scoped calls in one period, 430.
+    pub allowance: Option<VehicleAllowance>,
+    /// Fixed behaviours by creation order: a third parked, a third charging, a third driving
+    /// (index % 3), instead of each vehicle's generated cycle.
+    pub behaviour_thirds: bool,
+    /// Where pushed `VEHICLE_STATE` webhooks go (`http://HOST:PORT/PATH`), for vehicles
+    /// subscribed through the Management API (§8); `None`: nothing is pushed.
+    pub webhook_url: Option<String>,
+    /// How often each subscribed vehicle's readings are pushed.
+    pub webhook_every: Duration,
+}
+
+/// A per-vehicle allowance: `calls` per period, periods aligned to the Unix epoch (period k
+/// runs from k·period to (k+1)·period, wall clock).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VehicleAllowance {
+    pub calls: u32,
+    pub period: Duration,
+}
+
+/// A fixed vehicle behaviour (see `SimConfig::behaviour_thirds`, `Simulator::set_behaviour`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Behaviour {
+    /// Nothing changes: odometer, location and charge hold still.
+    Parked,
+    /// `charge-ischarging` true, state of charge rising.
+    Charging,
+    /// Odometer and location change with every update period.
+    Driving,
 }
 
 impl Default for SimConfig {
@@ -51,6 +80,10 @@ impl Default for SimConfig {
             variants: Variants::default(),
             record_served: true,
             management_token: "sim-management-token".to_owned(),
+            allowance: None,
+            behaviour_thirds: false,
+            webhook_url: None,
+            webhook_every: Duration::from_secs(10),
         }
     }
 }

@@ -40,6 +40,18 @@ impl ApiError {
         }
     }
 
+    /// 409: the subscription already exists (§8).
+    pub(crate) fn conflict(detail: impl Into<String>) -> ApiError {
+        Self::new(
+            409,
+            "CONFLICT",
+            Some("ALREADY_EXISTS"),
+            "Conflict",
+            detail,
+            None,
+        )
+    }
+
     pub(crate) fn authentication(detail: &str) -> ApiError {
         Self::new(401, "AUTHENTICATION", None, "Authentication", detail, None)
     }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use super::config::Behaviour;
 use super::config::{ForcedError, VehicleMode};
 use super::ids::{self, TAG_CONNECTION, TAG_SPEC, TAG_USER, TAG_VEHICLE};
 
@@ -91,6 +92,8 @@ pub(crate) struct Vehicle {
     pub no_signals: bool,
     pub forced: Option<ForcedError>,
     pub created_ms: i64,
+    /// A fixed behaviour instead of the generated parked/driving/charging cycle.
+    pub behaviour: Option<Behaviour>,
 }
 
 /// A copy of what a request needs about one vehicle, taken under the lock and used outside it.
@@ -108,6 +111,21 @@ pub(crate) struct VehicleView {
     pub no_signals: bool,
     pub forced: Option<ForcedError>,
     pub created_ms: i64,
+    /// A fixed behaviour instead of the generated parked/driving/charging cycle.
+    pub behaviour: Option<Behaviour>,
+}
+
+impl Vehicle {
+    /// Fixes the behaviour; a vehicle that charges gets an electric model if it had none (an
+    /// ICE car has no charging signals to show it).
+    pub(crate) fn set_behaviour(&mut self, b: Option<Behaviour>) {
+        if b == Some(Behaviour::Charging)
+            && MODELS[self.model as usize % MODELS.len()].powertrain == Powertrain::Ice
+        {
+            self.model = (self.spec % BEV_MODELS) as u8;
+        }
+        self.behaviour = b;
+    }
 }
 
 impl VehicleView {
@@ -189,6 +207,7 @@ impl Fleet {
             no_signals: false,
             forced: None,
             created_ms,
+            behaviour: None,
         };
         self.vehicle_index.insert(v.id, idx);
         self.connection_index.insert(v.connection_id, idx);
@@ -255,6 +274,7 @@ impl Fleet {
             no_signals: v.no_signals,
             forced: v.forced,
             created_ms: v.created_ms,
+            behaviour: v.behaviour,
         })
     }
 

@@ -34,6 +34,7 @@ mod errors;
 mod fleet;
 mod ids;
 mod limits;
+mod management;
 mod readings;
 mod served;
 mod server;
@@ -51,11 +52,13 @@ use tokio::task::JoinHandle;
 
 pub use cli::{SimArgs, run_cli};
 pub use config::{
-    Bucket, ErrorBodyVariant, Faults, ForcedError, LinkStyle, PagingVariant, RetryAfterForm,
-    SimConfig, TimestampFormat, UserIdLocation, Variants, VehicleMode,
+    Behaviour, Bucket, ErrorBodyVariant, Faults, ForcedError, LinkStyle, PagingVariant,
+    RetryAfterForm, SimConfig, TimestampFormat, UserIdLocation, Variants, VehicleAllowance,
+    VehicleMode,
 };
 pub use counters::CounterSnapshot;
 pub use served::ServedReading;
+pub use state::AllowanceCall;
 
 use state::{Inner, MAX_SECRETS, lock};
 
@@ -69,12 +72,21 @@ pub struct Simulator {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// Pushes subscribed vehicles' readings (`SimConfig::webhook_url`).
+    pusher: Option<JoinHandle<()>>,
 }
 
 impl Simulator {
     /// Binds `bind` (port 0 for any free port) and serves in a background task.
     pub async fn start(config: SimConfig, bind: SocketAddr) -> std::io::Result<Simulator> {
         let inner = Arc::new(Inner::new(config));
+        let pusher = inner.webhook_url.clone().map(|url| {
+            tokio::spawn(management::pusher(
+                Arc::downgrade(&inner),
+                url,
+                inner.webhook_every,
+            ))
+        });
         let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -92,6 +104,7 @@ impl Simulator {
             addr,
             stop: Some(stop),
             task,
+            pusher,
         })
     }
 
@@ -262,8 +275,57 @@ impl Simulator {
         webhook::hmac_hex(self.inner.management_token.as_bytes(), body)
     }
 
+    /// `http://ADDR/management/v3`: the Management API (webhook subscriptions, §8).
+    pub fn management_url(&self) -> String {
+        format!("http://{}/management/v3", self.addr)
+    }
+
+    /// The webhook id the simulator's envelopes carry in `meta.webhookId`.
+    pub fn webhook_id(&self) -> String {
+        ids::fmt_uuid(ids::uuid(self.inner.seed, ids::TAG_WEBHOOK, 0))
+    }
+
+    /// Every (vehicle id, webhook id) subscription, sorted.
+    pub fn subscriptions(&self) -> Vec<(String, String)> {
+        let fleet = self.inner.fleet();
+        let mut out: Vec<(String, String)> = lock(&self.inner.subscriptions)
+            .iter()
+            .filter_map(|(&i, hooks)| Some((fleet.view(i)?, hooks)))
+            .flat_map(|(v, hooks)| hooks.iter().map(move |h| (ids::fmt_uuid(v.id), h.clone())))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Subscribes a vehicle as the Management API would (a test's set-up).
+    pub fn subscribe(&self, vehicle_id: &str, webhook_id: &str) -> bool {
+        let Some(i) = self.inner.fleet().vehicle_by_id(vehicle_id) else {
+            return false;
+        };
+        lock(&self.inner.subscriptions)
+            .entry(i)
+            .or_default()
+            .insert(webhook_id.to_owned())
+    }
+
+    /// Fixes a vehicle's behaviour (`None`: back to its generated cycle).
+    pub fn set_behaviour(&self, vehicle_id: &str, b: Option<Behaviour>) {
+        let mut fleet = self.inner.fleet_mut();
+        if let Some(i) = fleet.vehicle_by_id(vehicle_id) {
+            fleet.vehicles[i as usize].set_behaviour(b);
+        }
+    }
+
+    /// Every vehicle-scoped call the allowance saw, in arrival order (empty without one).
+    pub fn allowance_calls(&self) -> Vec<AllowanceCall> {
+        lock(&self.inner.allowance_log).calls.clone()
+    }
+
     /// Stops accepting connections and waits (briefly) for open ones to finish.
     pub async fn shutdown(mut self) {
+        if let Some(p) = self.pusher.take() {
+            p.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -10,6 +10,7 @@
 
 use serde_json::{Value, json};
 
+use super::config::Behaviour;
 use super::fleet::{Powertrain, VehicleView};
 use super::ids::{self, mix};
 
@@ -312,14 +313,27 @@ fn dynamics(seed: u64, v: &VehicleView, seg_ms: i64) -> Dynamics {
         let j = (hh(100 + i as u64) % (i as u64 + 1)) as usize;
         pos.swap(i, j);
     }
-    let drives = 2 + (hh(1) % 3) as usize;
-    let charges = 1 + (hh(2) % 2) as usize;
+    let mut drives = 2 + (hh(1) % 3) as usize;
+    let mut charges = 1 + (hh(2) % 2) as usize;
     let mut cycle = [Activity::Parked; CYCLE];
     for &p in &pos[..drives] {
         cycle[p] = Activity::Drive;
     }
     for &p in &pos[drives..drives + charges] {
         cycle[p] = Activity::Charge;
+    }
+    // A fixed behaviour: the whole cycle is that one activity (parked: nothing moves; charging:
+    // the state of charge rises and `charge-ischarging` is true; driving: odometer and location
+    // change with every update period).
+    if let Some(b) = v.behaviour {
+        let a = match b {
+            Behaviour::Parked => Activity::Parked,
+            Behaviour::Charging => Activity::Charge,
+            Behaviour::Driving => Activity::Drive,
+        };
+        cycle = [a; CYCLE];
+        drives = if a == Activity::Drive { CYCLE } else { 0 };
+        charges = if a == Activity::Charge { CYCLE } else { 1 };
     }
     let mut drives_before = [0u32; CYCLE];
     let mut n = 0;
@@ -330,9 +344,14 @@ fn dynamics(seed: u64, v: &VehicleView, seg_ms: i64) -> Dynamics {
         }
     }
     let soc_drop = 6.0 + (hh(3) % 8) as f64;
-    let soc_gain = soc_drop * drives as f64 / charges as f64;
+    let soc_gain = if v.behaviour == Some(Behaviour::Charging) {
+        // Slow enough to keep rising for a long run before it reaches 100 %.
+        0.2
+    } else {
+        soc_drop * drives as f64 / charges as f64
+    };
     let fuel_drop = 3.0 + (hh(4) % 5) as f64;
-    let fuel_gain = fuel_drop * drives as f64 / charges as f64;
+    let fuel_gain = fuel_drop * drives as f64 / charges.max(1) as f64;
     let speed_kmh = 25.0 + (hh(5) % 30) as f64;
     let km_per_drive = speed_kmh * seg_ms as f64 / 3_600_000.0;
     let (lat, lon) = HOMES[(hh(6) % HOMES.len() as u64) as usize];

@@ -44,6 +44,14 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v3/vehicles/{id}", get(get_vehicle))
         .route("/v3/vehicles/{id}/signals", get(get_signals))
         .route("/v3/vehicles/{id}/signals/{code}", get(get_signal))
+        .route(
+            "/management/v3/subscriptions",
+            post(super::management::subscribe).get(super::management::list),
+        )
+        .route(
+            "/management/v3/subscriptions/{webhook}/vehicles/{id}",
+            delete(super::management::unsubscribe),
+        )
         .route_layer(from_fn_with_state(state.clone(), gate))
         .route("/oauth2/token", post(token))
         .fallback(fallback)
@@ -431,6 +439,14 @@ fn vehicle_checks(
             s,
             rid,
             ApiError::permission("The vehicle is not connected to this user."),
+        )));
+    }
+    // Every call that reaches the vehicle is billed (a 429 too); past the allowance, 430.
+    if !s.admit_allowance(&v, chrono::Utc::now().timestamp_millis()) {
+        return Err(Box::new(error(
+            s,
+            rid,
+            ApiError::forced(ForcedError::Billing),
         )));
     }
     if let Some(min) = s.vehicle_min_interval {

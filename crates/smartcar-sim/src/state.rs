@@ -1,12 +1,14 @@
 //! Shared state of one simulator: immutable settings, runtime knobs, the fleet, limiters, issued
 //! tokens, counters. Std locks held only for a few microseconds, never across an await.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use super::config::{Faults, RetryAfterForm, SimConfig, TimestampFormat, Variants};
+use super::config::{
+    Behaviour, Faults, RetryAfterForm, SimConfig, TimestampFormat, Variants, VehicleAllowance,
+};
 use super::counters::Counters;
 use super::fleet::{Fleet, VehicleView};
 use super::ids::{self, TAG_REQUEST};
@@ -27,6 +29,12 @@ pub(crate) struct Inner {
     pub variants: Variants,
     pub record_served: bool,
     pub management_token: String,
+    pub allowance: Option<VehicleAllowance>,
+    pub allowance_log: Mutex<AllowanceLog>,
+    /// Vehicle index → webhook ids it is subscribed to (§8).
+    pub subscriptions: Mutex<BTreeMap<u32, BTreeSet<String>>>,
+    pub webhook_url: Option<String>,
+    pub webhook_every: Duration,
     pub secrets: Mutex<Vec<String>>,
     pub faults: Mutex<Faults>,
     pub app_limiter: Mutex<AppLimiter>,
@@ -41,6 +49,25 @@ pub(crate) struct Inner {
     continuation_failures: AtomicU64,
     request_seq: AtomicU64,
     request_salt: u64,
+}
+
+/// Every vehicle-scoped call the allowance saw: counts per (vehicle, period) and each call.
+#[derive(Default)]
+pub(crate) struct AllowanceLog {
+    pub counts: HashMap<(u32, i64), u32>,
+    pub calls: Vec<AllowanceCall>,
+}
+
+/// One vehicle-scoped call under the allowance.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AllowanceCall {
+    pub vehicle_id: String,
+    /// Wall clock, epoch ms.
+    pub at_ms: i64,
+    /// The allowance period it fell in (`at_ms / period_ms`).
+    pub period: i64,
+    /// `false`: answered 430.
+    pub admitted: bool,
 }
 
 /// Locks, shrugging off poisoning: the protected data stays consistent between statements.
@@ -62,12 +89,29 @@ impl Inner {
             variants: c.variants,
             record_served: c.record_served,
             management_token: c.management_token,
+            allowance: c.allowance,
+            allowance_log: Mutex::new(AllowanceLog::default()),
+            subscriptions: Mutex::new(BTreeMap::new()),
+            webhook_url: c.webhook_url,
+            webhook_every: c.webhook_every,
             secrets: Mutex::new(secrets),
             faults: Mutex::new(c.faults),
             app_limiter: Mutex::new(AppLimiter::new(c.app_bucket)),
             vehicle_throttle: Mutex::new(VehicleThrottle::default()),
             tokens: Mutex::new(HashMap::new()),
-            fleet: RwLock::new(Fleet::generate(c.seed, c.users, c.vehicles_per_user)),
+            fleet: RwLock::new({
+                let mut f = Fleet::generate(c.seed, c.users, c.vehicles_per_user);
+                if c.behaviour_thirds {
+                    for (i, v) in f.vehicles.iter_mut().enumerate() {
+                        v.set_behaviour(Some(match i % 3 {
+                            0 => Behaviour::Parked,
+                            1 => Behaviour::Charging,
+                            _ => Behaviour::Driving,
+                        }));
+                    }
+                }
+                f
+            }),
             served: Mutex::new(ServedLog::default()),
             counters: Counters::default(),
             continuation_failures: AtomicU64::new(0),
@@ -142,6 +186,30 @@ impl Inner {
             1
         };
         lock(&self.served).record(v.index, v.id, readings, precision);
+    }
+
+    /// Counts a vehicle-scoped call against the vehicle's allowance; `false`: past it (430).
+    pub(crate) fn admit_allowance(&self, v: &VehicleView, now_ms: i64) -> bool {
+        let Some(a) = self.allowance else {
+            return true;
+        };
+        let period_ms = i64::try_from(a.period.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let period = now_ms.div_euclid(period_ms);
+        let mut log = lock(&self.allowance_log);
+        let n = log.counts.entry((v.index, period)).or_insert(0);
+        let admitted = *n < a.calls;
+        if admitted {
+            *n += 1;
+        }
+        log.calls.push(AllowanceCall {
+            vehicle_id: ids::fmt_uuid(v.id),
+            at_ms: now_ms,
+            period,
+            admitted,
+        });
+        admitted
     }
 
     /// Remembers an issued token; forgets long-expired ones once the map grows large.

@@ -1661,3 +1661,247 @@ async fn webhook_variants_carry_fetched_at_and_delivered_at_as_flagged() {
         sim.shutdown().await;
     }
 }
+
+// ---------------------------------------------------------------- allowance, behaviours, §8
+
+/// Sleeps until `ms` after the start of the next `period_ms` period (epoch-aligned).
+async fn until_next_period(period_ms: i64, ms: i64) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let next = (now.div_euclid(period_ms) + 1) * period_ms + ms;
+    tokio::time::sleep(Duration::from_millis((next - now).max(0) as u64)).await;
+}
+
+#[tokio::test]
+async fn past_its_allowance_a_vehicle_answers_430_billing_until_the_period_ends() {
+    let sim = start(SimConfig {
+        allowance: Some(smartcar_sim::VehicleAllowance {
+            calls: 3,
+            period: Duration::from_secs(2),
+        }),
+        ..SimConfig::default()
+    })
+    .await;
+    let api = Api::new(&sim).await;
+    let (_, vehicle) = first_vehicle(&sim);
+    let other = sim.vehicles_of(&sim.user_ids()[1])[0].clone();
+    until_next_period(2000, 50).await;
+    for _ in 0..3 {
+        assert_eq!(api.signals(&sim, &vehicle).await.status, StatusCode::OK);
+    }
+    let r = api.signals(&sim, &vehicle).await;
+    assert_v3_error(&r, 430, "BILLING", Some("VEHICLE_REQUEST_LIMIT"));
+    // Per vehicle: another one is untouched.
+    assert_eq!(api.signals(&sim, &other).await.status, StatusCode::OK);
+    // The next period starts afresh.
+    until_next_period(2000, 50).await;
+    assert_eq!(api.signals(&sim, &vehicle).await.status, StatusCode::OK);
+    let calls: Vec<_> = sim
+        .allowance_calls()
+        .into_iter()
+        .filter(|c| c.vehicle_id == vehicle)
+        .collect();
+    assert_eq!(calls.len(), 5);
+    assert_eq!(
+        calls.iter().map(|c| c.admitted).collect::<Vec<_>>(),
+        [true, true, true, false, true]
+    );
+    assert_eq!(calls[0].period, calls[3].period);
+    assert_eq!(calls[4].period, calls[0].period + 1);
+    assert_eq!(sim.counters().by_status.get(&430), Some(&1));
+}
+
+fn reading<'a>(r: &'a Resp, code: &str) -> &'a Value {
+    &signal(&r.body, code)["attributes"]["body"]
+}
+
+#[tokio::test]
+async fn behaviours_change_the_readings_as_their_class_says() {
+    let sim = start(SimConfig {
+        users: 1,
+        vehicles_per_user: 3,
+        update_period: Duration::from_millis(100),
+        ..SimConfig::default()
+    })
+    .await;
+    let api = Api::new(&sim).await;
+    let vehicles = sim.vehicles_of(&sim.user_ids()[0]);
+    let classes = [
+        smartcar_sim::Behaviour::Parked,
+        smartcar_sim::Behaviour::Charging,
+        smartcar_sim::Behaviour::Driving,
+    ];
+    for (v, b) in vehicles.iter().zip(classes) {
+        sim.set_behaviour(v, Some(b));
+    }
+    let mut first = Vec::new();
+    for v in &vehicles {
+        first.push(api.signals(&sim, v).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut second = Vec::new();
+    for v in &vehicles {
+        second.push(api.signals(&sim, v).await);
+    }
+    let (odo, loc, charging) = (
+        "odometer-traveleddistance",
+        "location-preciselocation",
+        "charge-ischarging",
+    );
+    // Parked: nothing that shows motion changes, and it does not charge.
+    assert_eq!(reading(&first[0], odo), reading(&second[0], odo));
+    assert_eq!(reading(&first[0], loc), reading(&second[0], loc));
+    let not_charging = |r: &Resp| {
+        // An ICE car has no charging signal at all.
+        r.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == charging)
+            .is_none_or(|s| s["attributes"]["body"]["value"] == json!(false))
+    };
+    assert!(not_charging(&second[0]));
+    // Charging: charging, not moving.
+    assert_eq!(reading(&second[1], charging)["value"], json!(true));
+    assert_eq!(reading(&first[1], loc), reading(&second[1], loc));
+    // Driving: it moves.
+    assert_ne!(reading(&first[2], loc), reading(&second[2], loc));
+    assert!(not_charging(&second[2]));
+}
+
+#[tokio::test]
+async fn subscriptions_answer_202_then_409_list_and_unsubscribe() {
+    let sim = start(SimConfig::default()).await;
+    let api = Api::new(&sim).await;
+    let (user, vehicle) = first_vehicle(&sim);
+    let webhook = sim.webhook_id();
+    let base = sim.management_url();
+    let post = |body: Value| {
+        let req = api
+            .c
+            .post(format!("{base}/subscriptions"))
+            .bearer_auth(&api.token)
+            .json(&body);
+        api.send(req)
+    };
+    let body = |u: &str, v: &str| json!({"data": {"attributes": {"webhookId": webhook, "userId": u, "vehicleId": v}}});
+    let r = post(body(&user, &vehicle)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(
+        r.body["meta"]["message"],
+        "subscription creation in progress"
+    );
+    let r = post(body(&user, &vehicle)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = post(body("someone-else", &vehicle)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = post(body(&user, "00000000-0000-0000-0000-000000000000")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = post(json!({"data": {}})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        sim.subscriptions(),
+        vec![(vehicle.clone(), webhook.clone())]
+    );
+
+    let list = api
+        .send(
+            api.c
+                .get(format!(
+                    "{base}/subscriptions?filter[webhookId]={webhook}&filter[vehicleId]={vehicle}&page[size]=100"
+                ))
+                .bearer_auth(&api.token),
+        )
+        .await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body["meta"]["totalCount"], 1);
+    assert_eq!(list.body["data"][0]["attributes"]["vehicleId"], vehicle);
+
+    let delete = || {
+        api.send(
+            api.c
+                .delete(format!("{base}/subscriptions/{webhook}/vehicles/{vehicle}"))
+                .bearer_auth(&api.token),
+        )
+    };
+    assert_eq!(delete().await.status, StatusCode::NO_CONTENT);
+    assert_eq!(delete().await.status, StatusCode::NOT_FOUND);
+    assert!(sim.subscriptions().is_empty());
+    // The same bearer token as the vehicle API, and only that.
+    let r = api
+        .send(
+            api.c
+                .post(format!("{base}/subscriptions"))
+                .json(&body(&user, &vehicle)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn subscribed_vehicles_readings_are_pushed_signed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // Read until the declared body has arrived.
+                loop {
+                    let n = conn.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(i) = text.find("\r\n\r\n") {
+                        let len = text[..i]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|n| n.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= i + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                let _ = tx.send(String::from_utf8_lossy(&buf).to_string());
+            });
+        }
+    });
+    let sim = start(SimConfig {
+        webhook_url: Some(format!("http://{addr}/webhooks/smartcar")),
+        webhook_every: Duration::from_millis(100),
+        ..SimConfig::default()
+    })
+    .await;
+    let (_, vehicle) = first_vehicle(&sim);
+    // Nothing is pushed for a vehicle without a subscription.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(400), rx.recv())
+            .await
+            .is_err()
+    );
+    assert!(sim.subscribe(&vehicle, &sim.webhook_id()));
+    let req = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a push")
+        .unwrap();
+    assert!(req.starts_with("POST /webhooks/smartcar HTTP/1.1"), "{req}");
+    let (head, body) = req.split_once("\r\n\r\n").unwrap();
+    let sig = head
+        .lines()
+        .find_map(|l| l.strip_prefix("SC-Signature: "))
+        .unwrap();
+    assert_eq!(sig, sim.sign(body.as_bytes()));
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["eventType"], "VEHICLE_STATE");
+    assert_eq!(v["vehicleId"], vehicle);
+    sim.shutdown().await;
+}

@@ -106,6 +106,9 @@ pub fn config(sim: &Simulator, db_url: &str) -> Config {
     c.queue.shutdown_grace = Duration::from_secs(5);
     c.http.listen = String::new();
     c.http.admin_listen = String::new();
+    // Unlimited: the tests of other capabilities poll on every tick (tests/it/allowance.rs
+    // sets an allowance).
+    c.budget.calls_per_vehicle = 0;
     c
 }
 
@@ -142,6 +145,12 @@ shutdown_grace = "{grace}ms"
 [http]
 listen = "{listen}"
 admin_listen = "{admin}"
+
+[budget]
+calls_per_vehicle = {calls}
+period = "{period}"
+min_interval = "{min_interval}ms"
+reserve = {reserve}
 {extra}
 "#,
         auth = c.smartcar.auth_url,
@@ -162,6 +171,10 @@ admin_listen = "{admin}"
         grace = c.queue.shutdown_grace.as_millis(),
         listen = c.http.listen,
         admin = c.http.admin_listen,
+        calls = c.budget.calls_per_vehicle,
+        period = c.budget.period,
+        min_interval = c.budget.min_interval.as_millis(),
+        reserve = c.budget.reserve.0,
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, text).expect("write config");

@@ -1,0 +1,385 @@
+//! The per-vehicle allowance's bookkeeping: calls counted per vehicle and period, what the
+//! planner knows of each vehicle, and the webhook subscriptions kept.
+//!
+//! A call is counted **before** it is sent, by a conditional increment that refuses past the
+//! allowance: every daemon on the database shares the count, so two of them can never both
+//! spend the last call. Calls the poll then did not need (it never left: an app pause, no
+//! token) are given back; calls it needed beyond the first (a retry after a 401, more pages)
+//! are added.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::db::args;
+use super::{Store, StoreError};
+
+/// What the planner writes after a poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanRecord {
+    pub vehicle_id: String,
+    pub state: crate::plan::VehicleState,
+    /// Odometer and location as the poll read them.
+    pub fingerprint: String,
+    pub interval_ms: i64,
+    pub next_poll_at: DateTime<Utc>,
+}
+
+/// A vehicle the planner tick may enqueue a poll for (pollable, no poll open).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanCandidate {
+    pub vehicle_id: String,
+    pub state: crate::plan::VehicleState,
+    pub used: u32,
+    pub last_polled_at: Option<DateTime<Utc>>,
+    pub last_pushed_at: Option<DateTime<Utc>>,
+}
+
+/// One vehicle in `smartcar-sync budget`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRow {
+    pub vehicle_id: String,
+    pub status: String,
+    pub state: crate::plan::VehicleState,
+    pub used: u32,
+    pub last_polled_at: Option<DateTime<Utc>>,
+    pub last_pushed_at: Option<DateTime<Utc>>,
+    pub interval_ms: Option<i64>,
+    /// The open poll's run_at, else the plan's.
+    pub next_poll_at: Option<DateTime<Utc>>,
+    pub blocked_until: Option<DateTime<Utc>>,
+}
+
+fn count(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+impl Store {
+    /// Counts one call for `vehicle_id` in the period starting `period_start`, unless `limit`
+    /// calls are already counted. Returns the count with this call, or `None` if refused.
+    pub async fn reserve_call(
+        &self,
+        vehicle_id: &str,
+        period_start: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        let row = self
+            .pool
+            .opt(
+                "INSERT INTO vehicle_calls (vehicle_id, period_start, calls) VALUES ($1, $2, 1) \
+                 ON CONFLICT (vehicle_id, period_start) DO UPDATE \
+                 SET calls = vehicle_calls.calls + 1 WHERE vehicle_calls.calls < $3 \
+                 RETURNING calls",
+                args![vehicle_id, period_start, i64::from(limit)],
+            )
+            .await?;
+        row.map(|r| r.int("calls").map(count)).transpose()
+    }
+
+    /// Adds `n` (possibly negative: calls reserved but not sent) to a vehicle's count.
+    pub async fn add_calls(
+        &self,
+        vehicle_id: &str,
+        period_start: DateTime<Utc>,
+        n: i64,
+    ) -> Result<(), StoreError> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.pool
+            .exec(
+                "INSERT INTO vehicle_calls (vehicle_id, period_start, calls) \
+                 VALUES ($1, $2, CASE WHEN $3 > 0 THEN $3 ELSE 0 END) \
+                 ON CONFLICT (vehicle_id, period_start) DO UPDATE \
+                 SET calls = CASE WHEN vehicle_calls.calls + $3 > 0 \
+                   THEN vehicle_calls.calls + $3 ELSE 0 END",
+                args![vehicle_id, period_start, n],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Calls counted for one vehicle in a period.
+    pub async fn calls_used(
+        &self,
+        vehicle_id: &str,
+        period_start: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        let row = self
+            .pool
+            .opt(
+                "SELECT calls FROM vehicle_calls WHERE vehicle_id = $1 AND period_start = $2",
+                args![vehicle_id, period_start],
+            )
+            .await?;
+        Ok(row.map(|r| r.int("calls")).transpose()?.map_or(0, count))
+    }
+
+    /// Calls counted per vehicle in a period.
+    pub async fn calls_in_period(
+        &self,
+        period_start: DateTime<Utc>,
+    ) -> Result<HashMap<String, u32>, StoreError> {
+        let rows = self
+            .pool
+            .all(
+                "SELECT vehicle_id, calls FROM vehicle_calls WHERE period_start = $1",
+                args![period_start],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.text("vehicle_id")?, count(r.int("calls")?))))
+            .collect()
+    }
+
+    /// The state and odometer/location fingerprint of the vehicle's last poll.
+    pub async fn vehicle_plan_state(
+        &self,
+        vehicle_id: &str,
+    ) -> Result<Option<(crate::plan::VehicleState, Option<String>)>, StoreError> {
+        let row = self
+            .pool
+            .opt(
+                "SELECT state, fingerprint FROM vehicle_plan WHERE vehicle_id = $1",
+                args![vehicle_id],
+            )
+            .await?;
+        row.map(|r| {
+            Ok((
+                crate::plan::VehicleState::parse(&r.text("state")?),
+                r.opt_text("fingerprint")?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Records what the planner decided after a poll.
+    pub async fn save_plan(&self, p: &PlanRecord, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.pool
+            .exec(
+                "INSERT INTO vehicle_plan \
+                 (vehicle_id, state, fingerprint, interval_ms, next_poll_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (vehicle_id) DO UPDATE SET state = excluded.state, \
+                   fingerprint = excluded.fingerprint, interval_ms = excluded.interval_ms, \
+                   next_poll_at = excluded.next_poll_at, updated_at = excluded.updated_at",
+                args![
+                    p.vehicle_id.as_str(),
+                    p.state.as_str(),
+                    p.fingerprint.as_str(),
+                    p.interval_ms,
+                    p.next_poll_at,
+                    now
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records a plan's interval and next poll without touching the state (the planner tick).
+    pub async fn save_next_poll(
+        &self,
+        vehicle_id: &str,
+        interval_ms: i64,
+        next_poll_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.pool
+            .exec(
+                "INSERT INTO vehicle_plan (vehicle_id, interval_ms, next_poll_at, updated_at) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (vehicle_id) DO UPDATE SET interval_ms = excluded.interval_ms, \
+                   next_poll_at = excluded.next_poll_at, updated_at = excluded.updated_at",
+                args![vehicle_id, interval_ms, next_poll_at, now],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// When a webhook last brought a new reading of the vehicle.
+    pub async fn last_pushed_at(
+        &self,
+        vehicle_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = self
+            .pool
+            .opt(
+                "SELECT MAX(ingested_at) AS t FROM signal_samples \
+                 WHERE vehicle_id = $1 AND source = 'webhook'",
+                args![vehicle_id],
+            )
+            .await?;
+        Ok(row.map(|r| r.opt_time("t")).transpose()?.flatten())
+    }
+
+    /// Pollable vehicles with no poll open, with what the planner needs to know of them.
+    pub async fn plan_candidates(
+        &self,
+        now: DateTime<Utc>,
+        period_start: DateTime<Utc>,
+    ) -> Result<Vec<PlanCandidate>, StoreError> {
+        let rows = self
+            .pool
+            .all(
+                concat!(
+                    "SELECT v.vehicle_id, v.last_polled_at, p.state, c.calls, \
+                       (SELECT MAX(s.ingested_at) FROM signal_samples s \
+                        WHERE s.vehicle_id = v.vehicle_id AND s.source = 'webhook') AS pushed \
+                     FROM vehicles v \
+                     LEFT JOIN vehicle_plan p ON p.vehicle_id = v.vehicle_id \
+                     LEFT JOIN vehicle_calls c ON c.vehicle_id = v.vehicle_id \
+                       AND c.period_start = $2 \
+                     WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'poll_signals' \
+                       AND j.subject = v.vehicle_id AND j.state IN ('pending', 'running')) \
+                       AND ",
+                    pollable!("$1"),
+                    " ORDER BY v.vehicle_id"
+                ),
+                args![now, period_start],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PlanCandidate {
+                    vehicle_id: r.text("vehicle_id")?,
+                    state: crate::plan::VehicleState::parse(
+                        &r.opt_text("state")?.unwrap_or_default(),
+                    ),
+                    used: r.opt_int("calls")?.map_or(0, count),
+                    last_polled_at: r.opt_time("last_polled_at")?,
+                    last_pushed_at: r.opt_time("pushed")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every vehicle with its count and plan, for `smartcar-sync budget`.
+    pub async fn budget_rows(
+        &self,
+        period_start: DateTime<Utc>,
+    ) -> Result<Vec<BudgetRow>, StoreError> {
+        let rows = self
+            .pool
+            .all(
+                "SELECT v.vehicle_id, v.status, v.last_polled_at, v.blocked_until, p.state, \
+                   p.interval_ms, p.next_poll_at, c.calls, \
+                   (SELECT MIN(j.run_at) FROM jobs j WHERE j.kind = 'poll_signals' \
+                    AND j.subject = v.vehicle_id AND j.state IN ('pending', 'running')) AS open_at, \
+                   (SELECT MAX(s.ingested_at) FROM signal_samples s \
+                    WHERE s.vehicle_id = v.vehicle_id AND s.source = 'webhook') AS pushed \
+                 FROM vehicles v \
+                 LEFT JOIN vehicle_plan p ON p.vehicle_id = v.vehicle_id \
+                 LEFT JOIN vehicle_calls c ON c.vehicle_id = v.vehicle_id AND c.period_start = $1 \
+                 ORDER BY v.vehicle_id",
+                args![period_start],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BudgetRow {
+                    vehicle_id: r.text("vehicle_id")?,
+                    status: r.text("status")?,
+                    state: crate::plan::VehicleState::parse(
+                        &r.opt_text("state")?.unwrap_or_default(),
+                    ),
+                    used: r.opt_int("calls")?.map_or(0, count),
+                    last_polled_at: r.opt_time("last_polled_at")?,
+                    last_pushed_at: r.opt_time("pushed")?,
+                    interval_ms: r.opt_int("interval_ms")?,
+                    next_poll_at: r.opt_time("open_at")?.or(r.opt_time("next_poll_at")?),
+                    blocked_until: r.opt_time("blocked_until")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Enqueues a poll of `vehicle_id` at `run_at` unless one is open; true if added.
+    pub async fn enqueue_planned_poll(
+        &self,
+        vehicle_id: &str,
+        run_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let n = self
+            .pool
+            .exec(
+                "INSERT INTO jobs (kind, subject, state, run_at, attempts, created_at, updated_at) \
+                 VALUES ('poll_signals', $1, 'pending', $2, 0, $3, $3) \
+                 ON CONFLICT (kind, subject) WHERE state IN ('pending', 'running') DO NOTHING",
+                args![vehicle_id, run_at, now],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// The vehicles subscribed to `webhook_id` as far as this database knows.
+    pub async fn subscribed_vehicles(&self, webhook_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .pool
+            .all(
+                "SELECT vehicle_id FROM webhook_subscriptions WHERE webhook_id = $1 \
+                 ORDER BY vehicle_id",
+                args![webhook_id],
+            )
+            .await?;
+        rows.iter().map(|r| r.text("vehicle_id")).collect()
+    }
+
+    /// Records a subscription (202 or 409: it exists).
+    pub async fn record_subscription(
+        &self,
+        vehicle_id: &str,
+        webhook_id: &str,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.pool
+            .exec(
+                "INSERT INTO webhook_subscriptions (vehicle_id, webhook_id, user_id, subscribed_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (vehicle_id, webhook_id) DO NOTHING",
+                args![vehicle_id, webhook_id, user_id, now],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a subscription (unsubscribed, or already gone).
+    pub async fn forget_subscription(
+        &self,
+        vehicle_id: &str,
+        webhook_id: &str,
+    ) -> Result<(), StoreError> {
+        self.pool
+            .exec(
+                "DELETE FROM webhook_subscriptions WHERE vehicle_id = $1 AND webhook_id = $2",
+                args![vehicle_id, webhook_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The user's vehicles by status: (connected ones, disconnected ones).
+    pub async fn user_vehicles_by_presence(
+        &self,
+        user_id: &str,
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let rows = self
+            .pool
+            .all(
+                "SELECT vehicle_id, status FROM vehicles WHERE user_id = $1 ORDER BY vehicle_id",
+                args![user_id],
+            )
+            .await?;
+        let mut present = Vec::new();
+        let mut gone = Vec::new();
+        for r in &rows {
+            let id = r.text("vehicle_id")?;
+            if r.text("status")? == "disconnected" {
+                gone.push(id);
+            } else {
+                present.push(id);
+            }
+        }
+        Ok((present, gone))
+    }
+}
