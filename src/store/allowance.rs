@@ -204,8 +204,7 @@ impl Store {
         let row = self
             .pool
             .opt(
-                "SELECT MAX(ingested_at) AS t FROM signal_samples \
-                 WHERE vehicle_id = $1 AND source = 'webhook'",
+                "SELECT last_pushed_at AS t FROM vehicles WHERE vehicle_id = $1",
                 args![vehicle_id],
             )
             .await?;
@@ -223,8 +222,7 @@ impl Store {
             .all(
                 concat!(
                     "SELECT v.vehicle_id, v.last_polled_at, p.state, c.calls, \
-                       (SELECT MAX(s.ingested_at) FROM signal_samples s \
-                        WHERE s.vehicle_id = v.vehicle_id AND s.source = 'webhook') AS pushed \
+                       v.last_pushed_at AS pushed \
                      FROM vehicles v \
                      LEFT JOIN vehicle_plan p ON p.vehicle_id = v.vehicle_id \
                      LEFT JOIN vehicle_calls c ON c.vehicle_id = v.vehicle_id \
@@ -265,8 +263,7 @@ impl Store {
                    p.interval_ms, p.next_poll_at, c.calls, \
                    (SELECT MIN(j.run_at) FROM jobs j WHERE j.kind = 'poll_signals' \
                     AND j.subject = v.vehicle_id AND j.state IN ('pending', 'running')) AS open_at, \
-                   (SELECT MAX(s.ingested_at) FROM signal_samples s \
-                    WHERE s.vehicle_id = v.vehicle_id AND s.source = 'webhook') AS pushed \
+                   v.last_pushed_at AS pushed \
                  FROM vehicles v \
                  LEFT JOIN vehicle_plan p ON p.vehicle_id = v.vehicle_id \
                  LEFT JOIN vehicle_calls c ON c.vehicle_id = v.vehicle_id AND c.period_start = $1 \

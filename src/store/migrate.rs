@@ -56,6 +56,11 @@ const SQLITE: Embedded = &[
         "compact samples",
         include_str!("../../migrations/sqlite/0008_compact_samples.sql"),
     ),
+    (
+        9,
+        "last pushed",
+        include_str!("../../migrations/sqlite/0009_last_pushed.sql"),
+    ),
 ];
 
 const POSTGRES: Embedded = &[
@@ -98,6 +103,11 @@ const POSTGRES: Embedded = &[
         8,
         "compact samples",
         include_str!("../../migrations/postgres/0008_compact_samples.sql"),
+    ),
+    (
+        9,
+        "last pushed",
+        include_str!("../../migrations/postgres/0009_last_pushed.sql"),
     ),
 ];
 

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 #[cfg(any(test, feature = "test-support"))]
 use super::SampleRow;
 use super::db::{Tx, args};
-use super::{NewSample, SignalState, Store, StoreError, postgres, sqlite};
+use super::{NewSample, SampleSource, SignalState, Store, StoreError, postgres, sqlite};
 
 /// Keeps the newest observation per (vehicle, code): one statement may touch a row only once.
 fn dedup_statuses(statuses: &[SignalState]) -> Vec<SignalState> {
@@ -52,18 +52,49 @@ impl Tx {
         now: DateTime<Utc>,
     ) -> Result<HashMap<String, u64>, StoreError> {
         let statuses = dedup_statuses(statuses);
-        match self {
+        let inserted = match self {
             Tx::Sqlite(t) => {
                 let n = sqlite::insert_samples(t, samples, now).await?;
                 sqlite::upsert_statuses(t, &statuses).await?;
-                Ok(n)
+                n
             }
             Tx::Postgres(t) => {
                 let n = postgres::insert_samples(t, samples, now).await?;
                 postgres::upsert_statuses(t, &statuses).await?;
-                Ok(n)
+                n
             }
+        };
+        self.mark_pushed(samples, &inserted, now).await?;
+        Ok(inserted)
+    }
+
+    /// Records when a webhook last brought a new reading of each vehicle
+    /// (`vehicles.last_pushed_at`), in the same transaction as the readings: the allowance
+    /// planner skips a poll whose readings were pushed within its interval.
+    async fn mark_pushed(
+        &mut self,
+        samples: &[NewSample],
+        inserted: &HashMap<String, u64>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut pushed: Vec<String> = samples
+            .iter()
+            .filter(|s| s.source == SampleSource::Webhook)
+            .filter(|s| inserted.get(&s.vehicle_id).is_some_and(|n| *n > 0))
+            .map(|s| s.vehicle_id.clone())
+            .collect();
+        if pushed.is_empty() {
+            return Ok(());
         }
+        pushed.sort();
+        pushed.dedup();
+        let sql = format!(
+            "UPDATE vehicles SET last_pushed_at = $2 WHERE {} \
+             AND (last_pushed_at IS NULL OR last_pushed_at < $2)",
+            self.backend().in_list("vehicle_id", "$1")
+        );
+        self.exec(&sql, args![pushed.as_slice(), now]).await?;
+        Ok(())
     }
 }
 
