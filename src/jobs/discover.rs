@@ -12,7 +12,16 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     // Page by page: each page's new users are registered (and their syncs enqueued) at once, so
     // their syncs run while later pages are fetched. Only the ids are kept, for the count: an
     // application with 100,000 connections must not hold them all in memory.
-    let mut pager = ctx.client.connections(None);
+    // A retry resumes at the page the last attempt failed on: with 100 pages and 2 % of calls
+    // failing, starting over would fail most attempts. Users of the pages before are registered.
+    let resume = ctx.store.job_progress(job).await?.unwrap_or(1);
+    if resume > 1 {
+        tracing::info!(
+            page = resume,
+            "discovery resumes where its last attempt stopped"
+        );
+    }
+    let mut pager = ctx.client.connections_from(None, resume);
     let mut users = BTreeSet::new();
     let mut new = 0;
     while let Some(page) = pager.next_page().await {
@@ -29,13 +38,10 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
             })
             .filter(|u| !users.contains(u))
             .collect();
-        if listed.is_empty() {
-            continue;
-        }
         let listed: Vec<String> = listed.into_iter().collect();
         new += ctx
             .store
-            .discovered_page(job, &listed, Utc::now())
+            .discovered_page(job, &listed, pager.next_page_number(), Utc::now())
             .await?
             .len();
         users.extend(listed);

@@ -174,10 +174,16 @@ impl Client {
 
     /// Pages through connections; see [`ConnectionsPager`].
     pub fn connections(&self, user_id: Option<&str>) -> ConnectionsPager {
+        self.connections_from(user_id, 1)
+    }
+
+    /// [`Client::connections`] starting at page `page` (1-based): a paged job resuming where
+    /// an earlier attempt failed.
+    pub fn connections_from(&self, user_id: Option<&str>, page: i64) -> ConnectionsPager {
         ConnectionsPager {
             client: self.clone(),
             user_id: user_id.map(str::to_owned),
-            page: 1,
+            page: page.max(1),
             done: false,
             seen: HashSet::new(),
         }
@@ -647,9 +653,14 @@ impl ConnectionsPager {
         Ok(all)
     }
 
-    /// Pages fetched so far.
+    /// Pages fetched so far (counting from page 1, whatever the starting page).
     pub fn pages_fetched(&self) -> i64 {
         self.page - 1
+    }
+
+    /// The page the next call fetches.
+    pub fn next_page_number(&self) -> i64 {
+        self.page
     }
 }
 

@@ -120,14 +120,18 @@ impl Store {
     /// transaction, fenced on the job's lease without completing it (a worker that lost the
     /// lease writes nothing); idempotent, so a retried discovery repeats it harmlessly. The job
     /// completes with [`Store::finish_discovery`] after the last page. Returns the new users.
+    ///
+    /// `next_page` is recorded with the page: a retried discovery resumes there
+    /// ([`Store::job_progress`]) instead of paging from the start again.
     pub async fn discovered_page(
         &self,
         job: &Job,
         user_ids: &[String],
+        next_page: i64,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        tx.hold_fenced(job, now).await?;
+        tx.hold_fenced(job, Some(next_page), now).await?;
         let mut new_users = tx
             .insert_users(user_ids, UserSource::Discovery, now)
             .await?;

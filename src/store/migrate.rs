@@ -61,6 +61,11 @@ const SQLITE: Embedded = &[
         "last pushed",
         include_str!("../../migrations/sqlite/0009_last_pushed.sql"),
     ),
+    (
+        10,
+        "job progress",
+        include_str!("../../migrations/sqlite/0010_job_progress.sql"),
+    ),
 ];
 
 const POSTGRES: Embedded = &[
@@ -108,6 +113,11 @@ const POSTGRES: Embedded = &[
         9,
         "last pushed",
         include_str!("../../migrations/postgres/0009_last_pushed.sql"),
+    ),
+    (
+        10,
+        "job progress",
+        include_str!("../../migrations/postgres/0010_job_progress.sql"),
     ),
 ];
 

@@ -142,15 +142,22 @@ impl Tx {
 
     /// Checks the claim still holds the job's lease, without completing it (a job that writes
     /// part of its effect before it completes: discovery, page by page).
+    ///
+    /// `progress` records where the job got to (discovery: the next page), kept across
+    /// retries so the next attempt resumes there; `None` leaves it as it is.
     pub(crate) async fn hold_fenced(
         &mut self,
         job: &Job,
+        progress: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let n = self
             .exec(
-                concat!("UPDATE jobs SET updated_at = $1", fenced!("$2", "$3")),
-                args![now, job.id, job.lease_owner.as_str()],
+                concat!(
+                    "UPDATE jobs SET updated_at = $1, progress = COALESCE($4, progress)",
+                    fenced!("$2", "$3")
+                ),
+                args![now, job.id, job.lease_owner.as_str(), progress],
             )
             .await?;
         fence(job, n)
@@ -465,6 +472,15 @@ impl Store {
             )
             .await?;
         fence(job, n)
+    }
+
+    /// Where an earlier attempt of the job got to ([`Tx::hold_fenced`]'s `progress`), if any.
+    pub async fn job_progress(&self, job: &Job) -> Result<Option<i64>, StoreError> {
+        let row = self
+            .pool
+            .opt("SELECT progress FROM jobs WHERE id = $1", args![job.id])
+            .await?;
+        Ok(row.map(|r| r.opt_int("progress")).transpose()?.flatten())
     }
 
     /// Marks a claimed job done (for jobs whose effect is not in the database).
