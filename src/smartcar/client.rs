@@ -239,7 +239,14 @@ impl Client {
                 },
             };
             let (bytes, request_id) = match self
-                .get_bytes(EP, url.clone(), Some(user_id), Some(sent))
+                .send(
+                    EP,
+                    Method::GET,
+                    url.clone(),
+                    Some(user_id),
+                    None,
+                    Some(sent),
+                )
                 .await
             {
                 Ok(r) => r,
@@ -333,18 +340,26 @@ impl Client {
         url: Url,
         user_id: Option<&str>,
     ) -> Result<(Value, Option<String>), ApiError> {
-        let (body, request_id) = self.get_bytes(endpoint, url, user_id, None).await?;
+        let (body, request_id) = self
+            .send(endpoint, Method::GET, url, user_id, None, None)
+            .await?;
         let v = serde_json::from_slice(&body)
             .map_err(|e| malformed(endpoint, format!("not JSON: {e}"), request_id.clone()))?;
         Ok((v, request_id))
     }
 
-    /// GET with the full gate; returns the raw body of a success answer and the request id.
-    async fn get_bytes(
+    /// One API request (vehicle or Management API) through the full gate: the shared rate
+    /// budget, the app pause, the application token (one retry after a 401), the answer
+    /// classified once for the metrics and the token's audit, and a 429 turned into a pause or
+    /// a vehicle throttle. Returns the raw body of a success answer and the request id.
+    /// `sent` counts the requests that left (the allowance corrects its count with it).
+    async fn send(
         &self,
         endpoint: &'static str,
+        method: Method,
         url: Url,
         user_id: Option<&str>,
+        body: Option<&Value>,
         sent: Option<&AtomicU32>,
     ) -> Result<(Vec<u8>, Option<String>), ApiError> {
         let inner = &*self.inner;
@@ -364,11 +379,14 @@ impl Client {
                 .map_err(|e| ApiError::new(ErrorKind::Token(e), endpoint))?;
             let mut req = inner
                 .http
-                .request(Method::GET, url.clone())
+                .request(method.clone(), url.clone())
                 .bearer_auth(token.expose())
                 .timeout(inner.timeout);
             if let Some(u) = user_id {
                 req = req.header("sc-user-id", u);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
             }
             if let Some(sent) = sent {
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -383,7 +401,7 @@ impl Client {
                 .get("sc-request-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let body = match resp.bytes().await {
+            let answer = match resp.bytes().await {
                 Ok(b) => b,
                 Err(e) => return Err(self.transport_error(endpoint, &e)),
             };
@@ -392,13 +410,13 @@ impl Client {
             crate::events::api_call(endpoint, class);
             inner.tokens.audit().call(&token.fingerprint, class);
             if status.is_success() {
-                return Ok((body.to_vec(), request_id));
+                return Ok((answer.to_vec(), request_id));
             }
             let err = ApiError::from_response(
                 endpoint,
                 status.as_u16(),
                 &headers,
-                &body,
+                &answer,
                 Utc::now(),
                 inner.max_retry_after,
             );
@@ -457,7 +475,7 @@ impl Client {
         let body = serde_json::json!({"data": {"attributes": {
             "webhookId": webhook_id, "userId": user_id, "vehicleId": vehicle_id}}});
         match self
-            .management_call(EP, Method::POST, url, Some(body))
+            .send(EP, Method::POST, url, None, Some(&body), None)
             .await
         {
             Ok(_) => Ok(true),
@@ -481,76 +499,10 @@ impl Client {
             encode(vehicle_id)
         );
         let url = join_base(management, &path, EP)?;
-        match self.management_call(EP, Method::DELETE, url, None).await {
+        match self.send(EP, Method::DELETE, url, None, None, None).await {
             Ok(_) => Ok(true),
             Err(e) if e.status() == Some(404) => Ok(false),
             Err(e) => Err(e),
-        }
-    }
-
-    /// A Management API call through the same gate as every other call (rate budget, pause,
-    /// the application token, one retry after a 401). Returns the status and request id of a
-    /// success.
-    async fn management_call(
-        &self,
-        endpoint: &'static str,
-        method: Method,
-        url: Url,
-        body: Option<Value>,
-    ) -> Result<(u16, Option<String>), ApiError> {
-        let inner = &*self.inner;
-        let mut reauthenticated = false;
-        loop {
-            if let Some(budget) = &inner.budget {
-                budget.acquire().await;
-            }
-            if let Some(until) = self.paused_until() {
-                return Err(ApiError::new(ErrorKind::Paused(until), endpoint));
-            }
-            let token = inner
-                .tokens
-                .get()
-                .await
-                .map_err(|e| ApiError::new(ErrorKind::Token(e), endpoint))?;
-            let mut req = inner
-                .http
-                .request(method.clone(), url.clone())
-                .bearer_auth(token.expose())
-                .timeout(inner.timeout);
-            if let Some(b) = &body {
-                req = req.json(b);
-            }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => return Err(self.transport_error(endpoint, &e)),
-            };
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let request_id = headers
-                .get("sc-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let bytes = match resp.bytes().await {
-                Ok(b) => b,
-                Err(e) => return Err(self.transport_error(endpoint, &e)),
-            };
-            crate::events::api_call(endpoint, CallClass::of_status(status.as_u16()));
-            if status.is_success() {
-                return Ok((status.as_u16(), request_id));
-            }
-            if status == StatusCode::UNAUTHORIZED && !reauthenticated {
-                inner.tokens.invalidate(token.generation);
-                reauthenticated = true;
-                continue;
-            }
-            return Err(ApiError::from_response(
-                endpoint,
-                status.as_u16(),
-                &headers,
-                &bytes,
-                Utc::now(),
-                inner.max_retry_after,
-            ));
         }
     }
 
