@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::db::args;
+use super::db::{Tx, args};
 use super::{
     Job, JobKind, Store, StoreError, SyncOutcome, UserSource, VehicleStatusUpdate, VehicleUpsert,
 };
@@ -132,12 +132,7 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
         tx.hold_fenced(job, Some(next_page), now).await?;
-        let mut new_users = tx
-            .insert_users(user_ids, UserSource::Discovery, now)
-            .await?;
-        new_users.sort();
-        tx.enqueue_many(JobKind::SyncConnections, &new_users, now)
-            .await?;
+        let new_users = tx.register_discovered(user_ids, now).await?;
         tx.commit().await?;
         Ok(new_users)
     }
@@ -152,12 +147,7 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
         tx.complete_fenced(job, now).await?;
-        let mut new_users = tx
-            .insert_users(user_ids, UserSource::Discovery, now)
-            .await?;
-        new_users.sort();
-        tx.enqueue_many(JobKind::SyncConnections, &new_users, now)
-            .await?;
+        let new_users = tx.register_discovered(user_ids, now).await?;
         tx.commit().await?;
         Ok(new_users)
     }
@@ -194,5 +184,23 @@ impl Store {
         tx.release_fenced(job, at, Some(note), now).await?;
         tx.commit().await?;
         Ok((streak, at))
+    }
+}
+
+impl Tx {
+    /// Registers the users not yet known (source `discovery`) and enqueues a connections sync
+    /// for each; returns them, sorted.
+    async fn register_discovered(
+        &mut self,
+        user_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut new_users = self
+            .insert_users(user_ids, UserSource::Discovery, now)
+            .await?;
+        new_users.sort();
+        self.enqueue_many(JobKind::SyncConnections, &new_users, now)
+            .await?;
+        Ok(new_users)
     }
 }

@@ -371,16 +371,17 @@ async fn a_bad_config_key_is_named_and_exits_78() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// A discovery that fails on a page resumes at that page: with 10 pages and a third of the
-/// calls failing, starting over from page 1 would succeed in 1.7 % of attempts; resuming needs
-/// each page answered once. The simulator's connections calls are exactly the 10 pages plus one
-/// per injected failure: no page is fetched twice after it was answered.
+/// A discovery that fails on a page resumes at that page: with 20 pages and half of the calls
+/// failing, starting over from page 1 would succeed in one attempt in a million (and no fault
+/// at all is as unlikely); resuming needs each page answered once. The simulator's connections
+/// calls are exactly the 20 pages plus one per injected failure: no page is fetched twice after
+/// it was answered.
 #[tokio::test]
 async fn a_failed_discovery_resumes_at_the_page_it_failed_on() {
     let db = support::databases().await.remove(0);
-    let mut sim_config = fleet(1_000, 1);
+    let mut sim_config = fleet(2_000, 1);
     sim_config.faults = Faults {
-        error_rate: 0.33,
+        error_rate: 0.5,
         ..Faults::default()
     };
     let sim = support::simulator(sim_config).await;
@@ -415,19 +416,19 @@ async fn a_failed_discovery_resumes_at_the_page_it_failed_on() {
             continue;
         }
         attempts += 1;
-        assert!(attempts <= 200, "discovery never finished");
+        assert!(attempts <= 400, "discovery never finished");
         match smartcar_sync::jobs::run(&ctx, &job).await {
             Ok(_) => break,
             Err(_) => store.retry(&job, now, "injected", None).await.unwrap(),
         }
     }
     let users = store.list_users().await.unwrap();
-    assert_eq!(users.len(), 1_000, "every user discovered");
+    assert_eq!(users.len(), 2_000, "every user discovered");
     let c = sim.counters();
     assert!(attempts > 1, "faults were injected: {c:?}");
     assert_eq!(
         c.connections_calls,
-        10 + c.injected_errors,
+        20 + c.injected_errors,
         "each page fetched once, plus one call per failure: {c:?}"
     );
     shutdown.cancel();
