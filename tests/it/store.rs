@@ -194,6 +194,7 @@ async fn the_same_reading_twice_is_stored_once(store: Store) {
         samples: vec![a, b, sample("v1", "odometer", t(2), 102.0)],
         statuses: vec![],
         polled_at: t(3),
+        plan: None,
     };
     let out = store.finish_poll(&job, &poll).await.unwrap();
     assert_eq!(out.samples_inserted, 1);
@@ -528,6 +529,7 @@ async fn a_lost_lease_rolls_back_the_whole_poll(store: Store) {
             observed_at: t(1),
         }],
         polled_at: t(1),
+        plan: None,
     };
     assert!(matches!(
         store.finish_poll(&stale, &poll).await,
@@ -566,6 +568,7 @@ async fn a_group_commit_keeps_every_poll_but_the_one_whose_lease_was_lost(store:
             samples: vec![sample(&job.subject, "odometer", t(0), 1.5)],
             statuses: Vec::new(),
             polled_at: t(1),
+            plan: None,
         };
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
@@ -728,6 +731,7 @@ async fn vehicle_status_decides_pollability(store: Store) {
             samples: vec![],
             statuses: vec![],
             polled_at: t(1),
+            plan: None,
         };
         store.finish_poll(&job, &poll).await.unwrap();
     }
@@ -801,6 +805,7 @@ async fn vehicle_status_decides_pollability(store: Store) {
         samples: vec![],
         statuses: vec![],
         polled_at: t(100),
+        plan: None,
     };
     store.finish_poll(&job, &poll).await.unwrap();
     let v2 = store.vehicle("v2").await.unwrap().unwrap();
