@@ -182,7 +182,8 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
     let path = config.write(dir, &sim)?;
     let load_before = common::load();
     let sim_cpu_before = common::own_cpu_s();
-    // BENCH_DAEMON_LOG=filter: the daemon's log level, and its last lines printed after the run.
+    // BENCH_DAEMON_LOG=filter: the daemon's log level, and its last lines printed after the run
+    // (BENCH_DAEMON_LOG_FILE=path keeps all of it).
     let log = std::env::var("BENCH_DAEMON_LOG")
         .ok()
         .filter(|l| !l.is_empty());
@@ -254,6 +255,10 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
     }
     if !ok || log.is_some() {
         eprintln!("daemon stderr:\n{}", tail(&stderr, 40));
+    }
+    // BENCH_DAEMON_LOG_FILE=path: the whole log kept there (the run's directory is removed).
+    if let Some(path) = std::env::var_os("BENCH_DAEMON_LOG_FILE") {
+        std::fs::write(path, &stderr)?;
     }
     let calls = c.api_calls as f64;
     let cycle_s = summary

@@ -177,27 +177,6 @@ impl Store {
 }
 
 impl Store {
-    /// Counts one call for `vehicle_id` in the period starting `period_start`, unless `limit`
-    /// calls are already counted. Returns the count with this call, or `None` if refused.
-    pub async fn reserve_call(
-        &self,
-        vehicle_id: &str,
-        period_start: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Option<u32>, StoreError> {
-        let row = self
-            .pool
-            .opt(
-                "INSERT INTO vehicle_calls (vehicle_id, period_start, calls) VALUES ($1, $2, 1) \
-                 ON CONFLICT (vehicle_id, period_start) DO UPDATE \
-                 SET calls = vehicle_calls.calls + 1 WHERE vehicle_calls.calls < $3 \
-                 RETURNING calls",
-                args![vehicle_id, period_start, i64::from(limit)],
-            )
-            .await?;
-        row.map(|r| r.int("calls").map(count)).transpose()
-    }
-
     /// Adds `n` (possibly negative: calls reserved but not sent) to a vehicle's count.
     pub async fn add_calls(
         &self,

@@ -41,6 +41,7 @@ mod migrate;
 mod ops;
 mod postgres;
 mod queue;
+mod reserve;
 mod samples;
 mod sqlite;
 pub mod time;
@@ -408,6 +409,8 @@ pub struct Store {
     pool: Pool,
     /// Polls waiting to be committed together (`group.rs`); shared by the clones.
     group: std::sync::Arc<group::GroupCommit>,
+    /// Allowance reservations waiting to be made together (`reserve.rs`).
+    reserve: std::sync::Arc<reserve::GroupReserve>,
 }
 
 /// A pooled PostgreSQL connection idle this long is pinged before it is used.
@@ -493,7 +496,11 @@ impl Store {
             )));
         };
         let group = group::GroupCommit::new(pool.backend());
-        Ok(Store { pool, group })
+        Ok(Store {
+            pool,
+            group,
+            reserve: reserve::GroupReserve::new(),
+        })
     }
 
     /// Applies the embedded migrations (idempotent; several daemons may call it at once on
