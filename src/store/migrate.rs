@@ -66,6 +66,11 @@ const SQLITE: Embedded = &[
         "job progress",
         include_str!("../../migrations/sqlite/0010_job_progress.sql"),
     ),
+    (
+        11,
+        "cold samples",
+        include_str!("../../migrations/sqlite/0011_cold_samples.sql"),
+    ),
 ];
 
 const POSTGRES: Embedded = &[
@@ -118,6 +123,11 @@ const POSTGRES: Embedded = &[
         10,
         "job progress",
         include_str!("../../migrations/postgres/0010_job_progress.sql"),
+    ),
+    (
+        11,
+        "cold samples",
+        include_str!("../../migrations/postgres/0011_cold_samples.sql"),
     ),
 ];
 
