@@ -91,8 +91,9 @@ LEFT JOIN sample_units u ON u.unit_id = m.unit_id
 LEFT JOIN sample_bodies b ON b.body_id = m.body_id;
 
 -- The newest reading of a series: hot's newest (a backward primary-key probe) when hot has one,
--- else cold's newest; then that one reading through `signal_samples`, which writes its body.
--- Same columns and answers as 0008's text.
+-- else cold's newest (only then is cold read), its body written as `signal_samples` writes it
+-- (the same CASE). Going through `signal_samples` instead lets the planner read every reading
+-- of the series from both tables and filter on the time. Same columns and answers as 0008's.
 CREATE OR REPLACE VIEW dash_latest_reading AS
 SELECT st.vehicle_id, st.code, s.recorded_at AS time, s.value_num AS value,
        CASE
@@ -110,19 +111,29 @@ SELECT st.vehicle_id, st.code, s.recorded_at AS time, s.value_num AS value,
        s.unit AS unit_sent
 FROM signal_status st
 CROSS JOIN LATERAL (
-    SELECT m.recorded_at, m.value_num, m.unit, m.body, m.source
-    FROM signal_samples m
-    WHERE m.vehicle_id = st.vehicle_id AND m.code = st.code
-      AND m.recorded_at = (
-          SELECT n.recorded_at
-          FROM sample_series ser
-          CROSS JOIN LATERAL (
-              (SELECT h.recorded_at FROM samples h WHERE h.series_id = ser.series_id
-               ORDER BY h.recorded_at DESC LIMIT 1)
-              UNION ALL
-              (SELECT c.recorded_at FROM samples_cold c WHERE c.series_id = ser.series_id
-               ORDER BY c.recorded_at DESC LIMIT 1)
-              LIMIT 1
-          ) n
-          WHERE ser.vehicle_id = st.vehicle_id AND ser.code = st.code)
+    SELECT m.recorded_at, m.value_num, u.unit,
+           CASE WHEN m.form >> 1 = 0 THEN b.body
+                WHEN m.form >> 1 = 1 THEN
+                    CASE WHEN u.unit IS NULL THEN jsonb_build_object('value', m.value_num <> 0)
+                         ELSE jsonb_build_object('unit', u.unit, 'value', m.value_num <> 0) END
+                WHEN u.unit IS NULL THEN
+                    jsonb_build_object('value', round(m.value_num::numeric, (m.form >> 1) - 2))
+                ELSE jsonb_build_object('unit', u.unit,
+                                        'value', round(m.value_num::numeric, (m.form >> 1) - 2)) END
+               AS body,
+           CASE WHEN m.form & 1 = 0 THEN 'poll' ELSE 'webhook' END AS source
+    FROM sample_series ser
+    CROSS JOIN LATERAL (
+        (SELECT h.recorded_at, h.value_num, h.unit_id, h.body_id, h.form
+         FROM samples h WHERE h.series_id = ser.series_id
+         ORDER BY h.recorded_at DESC LIMIT 1)
+        UNION ALL
+        (SELECT c.recorded_at, c.value_num, c.unit_id, c.body_id, c.form
+         FROM samples_cold c WHERE c.series_id = ser.series_id
+         ORDER BY c.recorded_at DESC LIMIT 1)
+        LIMIT 1
+    ) m
+    LEFT JOIN sample_units u ON u.unit_id = m.unit_id
+    LEFT JOIN sample_bodies b ON b.body_id = m.body_id
+    WHERE ser.vehicle_id = st.vehicle_id AND ser.code = st.code
 ) s;
