@@ -120,7 +120,7 @@ struct Figures {
 
 /// Sizes and rate of the PostgreSQL compaction phase, per sample.
 struct Cold {
-    /// Samples moved per second by `Store::compact_samples` (one-day transactions).
+    /// Samples moved per second by `Store::compact_samples` (one-hour transactions).
     rate: f64,
     /// Every relation after VACUUM: both tables' partitions and indexes (what is left of the
     /// hot ones included), dictionaries, watermark.

@@ -128,7 +128,7 @@ impl Store {
     }
 
     /// Compaction (PostgreSQL): moves the readings recorded before `before` from the hot table
-    /// to the cold one and advances the watermark to `before` (never back), one day per
+    /// to the cold one and advances the watermark to `before` (never back), one hour per
     /// transaction; see `cold.rs`. Returns the readings moved. SQLite: nothing to do, 0.
     pub async fn compact_samples(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         match &self.pool {

@@ -1014,7 +1014,7 @@ async fn compaction_changes_no_answer_and_never_moves_back(store: Store) {
     if pg {
         assert_eq!(store.compacted_before().await.unwrap(), Some(t(36 * 3600)));
     }
-    // Everything, in several one-day transactions.
+    // Everything, in several one-hour transactions.
     let moved = store.compact_samples(t(100 * 3600)).await.unwrap();
     assert_eq!(moved, if pg { 36 * 3 } else { 0 });
     assert_eq!(store.list_samples().await.unwrap(), before);
@@ -1117,7 +1117,7 @@ async fn an_old_reading_is_stored_once_in_cold(store: Store) {
     );
 }
 
-/// Ingest running while a backlog is compacted slice by slice (one day per transaction): every
+/// Ingest running while a backlog is compacted slice by slice (one hour per transaction): every
 /// reading ends up stored exactly once, whichever side of the moving watermark it fell on.
 async fn ingest_between_compaction_slices_loses_and_duplicates_nothing(store: Store) {
     let all = history();

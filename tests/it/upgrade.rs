@@ -519,7 +519,7 @@ async fn migration_0008_keeps_every_row_and_every_view_identical() {
         assert_eq!(store.ingest_samples(&again, &[]).await.expect("ingest"), 0);
         assert_eq!(conn.snapshot_all().await, after, "{}", db.backend);
 
-        // PostgreSQL: everything moves to the cold table (migration 0011) in one-day slices from
+        // PostgreSQL: everything moves to the cold table (migration 0011) in one-hour slices from
         // the oldest partition on; every view answers the same, and the old readings sent again
         // are still recognised (now by the cold table's check).
         let compacted = store
