@@ -1107,7 +1107,10 @@ async fn an_old_reading_is_stored_once_in_cold(store: Store) {
     // After the watermark: hot as before, and still stored once.
     let fresh = sample("v1", "odometer", t(7200), 102.0);
     assert_eq!(
-        store.ingest_samples(&[fresh.clone()], &[]).await.unwrap(),
+        store
+            .ingest_samples(std::slice::from_ref(&fresh), &[])
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(store.ingest_samples(&[fresh], &[]).await.unwrap(), 0);
