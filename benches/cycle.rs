@@ -6,7 +6,7 @@
 //! cargo bench --bench cycle            # (a), (b) and the 100,000-vehicle memory run, SQLite,
 //!                                      # then (a) and (b) on PostgreSQL when it is installed
 //! cargo bench --bench cycle -- a b     # pick: a, b, mem, pg (PostgreSQL: the picked of (a), (b);
-//!                                      # both if none picked), sqlite
+//!                                      # both if none picked), sqlite; `pg only`: no SQLite
 //! ```
 //!
 //! - (a) the daemon limited to 200 requests/s (`requests_per_minute = 12000`, burst 20), 5 ms
@@ -102,7 +102,9 @@ async fn main() -> Res<()> {
     if want("mem") {
         cases.push(MEM);
     }
-    for case in &cases {
+    // `-- b pg only`: PostgreSQL alone.
+    let pg_only = words.iter().any(|w| w == "only");
+    for case in cases.iter().filter(|_| !pg_only) {
         let dir = tempfile::tempdir()?;
         let db = BenchDb::sqlite(dir.path());
         let table = run(case, &db, dir.path()).await?;
@@ -212,6 +214,15 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
             }
         }
         store.close().await;
+    }
+    // The simulator's call count each second: where the cycle spends its time.
+    let mut timeline = Vec::new();
+    let mut last = sim.counters().api_calls;
+    while stopped.is_none() && daemon.is_running() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = sim.counters().api_calls;
+        timeline.push(now - last);
+        last = now;
     }
     let (stats, stdout, stderr) = daemon.wait().await?;
     let sim_cpu = common::own_cpu_s() - sim_cpu_before;
@@ -334,6 +345,16 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
         "0",
         c.calls_before_retry_after == 0,
     );
+    t.check(
+        "most requests in flight at once (simulator)",
+        c.api_concurrent_peak,
+        &format!("≤ {}", case.concurrency),
+        c.api_concurrent_peak <= case.concurrency as u64,
+    );
+    if !timeline.is_empty() {
+        let cells: Vec<String> = timeline.iter().map(u64::to_string).collect();
+        t.info("calls per second, second by second", cells.join(" "));
+    }
     t.info("daemon CPU (user+sys)", format!("{:.2} s", stats.cpu_s));
     t.info(
         "daemon CPU per 1,000 API calls",

@@ -108,6 +108,7 @@ pub struct RateLimitConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
+    /// Requests in flight at most; the queue runs `queue::WORKERS_PER_REQUEST` times as many jobs.
     pub concurrency: usize,
     pub max_attempts: u32,
     #[serde(with = "duration_str")]

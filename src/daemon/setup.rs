@@ -98,6 +98,7 @@ pub fn build_client_with_secret(
             request_timeout: s.request_timeout,
             vehicle_mode: s.vehicle_mode.clone(),
             max_retry_after: config.queue.max_retry_after,
+            max_in_flight: config.queue.concurrency,
         },
         http,
         tokens,
@@ -110,7 +111,9 @@ pub fn build_client_with_secret(
 pub fn queue_settings(config: &Config) -> QueueSettings {
     let q = &config.queue;
     QueueSettings {
-        concurrency: q.concurrency,
+        workers: q
+            .concurrency
+            .saturating_mul(crate::queue::WORKERS_PER_REQUEST),
         lease: q.lease,
         shutdown_grace: q.shutdown_grace,
         retry: RetryPolicy {

@@ -17,28 +17,34 @@ use crate::events::AllowanceSkip;
 use crate::plan::{Allowance, VehicleFacts, VehicleState};
 use crate::smartcar::time::plausible_reading_time;
 use crate::smartcar::{Signal, SignalStatus};
-use crate::store::{Job, NewSample, PollResult, SampleSource, SignalState};
+use crate::store::{
+    Job, NewSample, PlanRecord, PollContext, PollResult, SampleSource, SignalState,
+};
 
 pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     let vehicle_id = job.subject.as_str();
-    let Some(user_id) = ctx.store.vehicle_owner(vehicle_id).await? else {
+    let now = Utc::now();
+    // Without an allowance the period is irrelevant; any instant reads the owner the same.
+    let period_start = ctx
+        .allowance
+        .as_ref()
+        .map_or(now, |a| a.period.bounds(now).0);
+    let Some(known) = ctx.store.poll_context(vehicle_id, period_start).await? else {
         ctx.store.complete(job).await?;
         return Ok(Done::Skipped("vehicle no longer known"));
     };
-    tracing::Span::current().record("user_id", user_id.as_str());
+    let user_id = known.user_id.as_str();
+    tracing::Span::current().record("user_id", user_id);
     // With an allowance, the call is counted (and may be refused) before it is sent.
     let metered = match &ctx.allowance {
-        Some(a) => match meter(ctx, a, job).await? {
+        Some(a) => match meter(ctx, a, job, &known, period_start, now).await? {
             Ok(m) => Some(m),
             Err(skipped) => return Ok(skipped),
         },
         None => None,
     };
     let sent = AtomicU32::new(0);
-    let result = ctx
-        .client
-        .signals_metered(vehicle_id, &user_id, &sent)
-        .await;
+    let result = ctx.client.signals_metered(vehicle_id, user_id, &sent).await;
     if let Some(m) = &metered {
         // One call was counted ahead; settle the count with the requests actually sent.
         let extra = i64::from(sent.load(Ordering::Relaxed)) - 1;
@@ -71,17 +77,19 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
     };
     let now = Utc::now();
     let (samples, statuses) = readings(vehicle_id, &signals, SampleSource::Poll, now);
+    let plan = match (&ctx.allowance, metered) {
+        (Some(a), Some(m)) => Some(replan(a, vehicle_id, &signals, m, now)),
+        _ => None,
+    };
     let result = PollResult {
         vehicle_id: vehicle_id.to_owned(),
         samples,
         statuses,
         polled_at: now,
+        plan,
     };
     let outcome = ctx.store.finish_poll(job, &result).await?;
     crate::events::samples_stored(crate::events::SampleOrigin::Poll, outcome.samples_inserted);
-    if let (Some(a), Some(m)) = (&ctx.allowance, metered) {
-        replan(ctx, a, vehicle_id, &signals, m, now).await;
-    }
     Ok(Done::Polled {
         signals: signals.len(),
         inserted: outcome.samples_inserted,
@@ -104,18 +112,15 @@ async fn meter(
     ctx: &JobContext,
     a: &Allowance,
     job: &Job,
+    known: &PollContext,
+    period_start: DateTime<Utc>,
+    now: DateTime<Utc>,
 ) -> Result<Result<Metered, Done>, JobError> {
     let vehicle_id = job.subject.as_str();
-    let now = Utc::now();
-    let (period_start, _) = a.period.bounds(now);
-    let used = ctx.store.calls_used(vehicle_id, period_start).await?;
-    let (state, previous) = ctx
-        .store
-        .vehicle_plan_state(vehicle_id)
-        .await?
-        .unwrap_or((VehicleState::Unknown, None));
+    let used = known.calls_used;
+    let (state, previous) = known.plan.clone().unwrap_or((VehicleState::Unknown, None));
     if let (Some(pushed), Some(interval)) = (
-        ctx.store.last_pushed_at(vehicle_id).await?,
+        known.last_pushed_at,
         a.interval(state, used, now, crate::plan::phase(vehicle_id)),
     ) && pushed + chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX) > now
     {
@@ -179,16 +184,15 @@ pub fn motion(signals: &[crate::smartcar::Signal]) -> (bool, String) {
     (charging, format!("{odometer}|{location}"))
 }
 
-/// After a poll: the vehicle's state from its readings, and its next poll, recorded for the
-/// planner tick and `budget`. A failure here loses nothing but a plan the tick recomputes.
-async fn replan(
-    ctx: &JobContext,
+/// After a poll: the vehicle's state from its readings, and its next poll, committed with the
+/// poll for the planner tick and `budget`.
+fn replan(
     a: &Allowance,
     vehicle_id: &str,
     signals: &[crate::smartcar::Signal],
     m: Metered,
     now: DateTime<Utc>,
-) {
+) -> PlanRecord {
     let (charging, fingerprint) = motion(signals);
     let state = VehicleState::from_readings(charging, &fingerprint, m.previous.as_deref());
     let planned = a.plan(
@@ -202,15 +206,12 @@ async fn replan(
         now,
     );
     crate::events::vehicle_planned(state, planned.interval);
-    let record = crate::store::PlanRecord {
+    PlanRecord {
         vehicle_id: vehicle_id.to_owned(),
         state,
         fingerprint,
         interval_ms: i64::try_from(planned.interval.as_millis()).unwrap_or(i64::MAX),
         next_poll_at: planned.next_at,
-    };
-    if let Err(e) = ctx.store.save_plan(&record, now).await {
-        tracing::warn!(error = %e, "cannot record the vehicle's plan; the next tick recomputes it");
     }
 }
 

@@ -34,6 +34,10 @@ pub struct ClientConfig {
     pub vehicle_mode: String,
     /// The longest wait a `Retry-After` header can impose (`queue.max_retry_after`).
     pub max_retry_after: Duration,
+    /// Requests in flight at most (`queue.concurrency`); 0 = no cap. The cap is on requests,
+    /// not on jobs: a job's database work (claim, allowance count, commit) runs outside it, so
+    /// the queue may run more jobs than this and still never has more requests out.
+    pub max_in_flight: usize,
 }
 
 /// `[rate_limit]`: the application's bucket as Smartcar publishes it, shared by every process
@@ -74,6 +78,8 @@ struct Inner {
     max_retry_after: Duration,
     tokens: TokenProvider,
     budget: Option<Arc<Budget>>,
+    /// Permits for requests in flight ([`ClientConfig::max_in_flight`]).
+    in_flight: Option<tokio::sync::Semaphore>,
     /// Epoch ms until which the whole application is paused (a 429 `SMARTCAR_API`). Checked
     /// after waiting for the limiter, right before sending, so no call leaves early.
     paused_until_ms: AtomicI64,
@@ -121,6 +127,8 @@ impl Client {
                 max_retry_after: config.max_retry_after,
                 tokens,
                 budget: rate_limit.map(Budget::new),
+                in_flight: (config.max_in_flight > 0)
+                    .then(|| tokio::sync::Semaphore::new(config.max_in_flight)),
                 paused_until_ms: AtomicI64::new(0),
             }),
         })
@@ -365,6 +373,13 @@ impl Client {
         let inner = &*self.inner;
         let mut reauthenticated = false;
         loop {
+            // A request slot first, then a rate token: a token is never held while waiting.
+            // Held until the answer's body is read (dropped at the end of this iteration).
+            // (The semaphore is never closed, so `acquire` cannot fail.)
+            let _slot = match &inner.in_flight {
+                Some(s) => s.acquire().await.ok(),
+                None => None,
+            };
             if let Some(budget) = &inner.budget {
                 budget.acquire().await;
             }
@@ -639,6 +654,7 @@ mod tests {
                 request_timeout: Duration::from_secs(1),
                 vehicle_mode: "live".into(),
                 max_retry_after: Duration::from_secs(3600),
+                max_in_flight: 0,
             },
             http,
             tokens,

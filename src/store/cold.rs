@@ -1,4 +1,4 @@
-//! Hot and cold samples on PostgreSQL (migration 0011): where a reading goes, and how old
+//! Hot and cold samples on PostgreSQL (migration 0012): where a reading goes, and how old
 //! readings move so that they cost fewer bytes.
 //!
 //! Why: one row per sample with a unique btree costs ≈ 52 bytes of heap and ≈ 31 of index, above

@@ -199,6 +199,9 @@ impl Store {
         let inserted = tx.ingest_by_vehicle(&samples, &statuses, now).await?;
         let polls: Vec<&PollResult> = kept.iter().map(|r| &r.poll).collect();
         tx.mark_polled_many(&polls).await?;
+        for plan in polls.iter().filter_map(|p| p.plan.as_ref()) {
+            tx.save_plan(plan, now).await?;
+        }
         tx.commit().await?;
         Ok(batch
             .iter()
@@ -220,6 +223,9 @@ impl Store {
         tx.complete_fenced(job, now).await?;
         let samples_inserted = tx.ingest(&poll.samples, &poll.statuses, now).await?;
         tx.mark_polled(&poll.vehicle_id, poll.polled_at).await?;
+        if let Some(plan) = &poll.plan {
+            tx.save_plan(plan, now).await?;
+        }
         tx.commit().await?;
         Ok(PollOutcome { samples_inserted })
     }

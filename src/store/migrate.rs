@@ -68,8 +68,13 @@ const SQLITE: Embedded = &[
     ),
     (
         11,
+        "claim order",
+        include_str!("../../migrations/sqlite/0011_claim_order.sql"),
+    ),
+    (
+        12,
         "cold samples",
-        include_str!("../../migrations/sqlite/0011_cold_samples.sql"),
+        include_str!("../../migrations/sqlite/0012_cold_samples.sql"),
     ),
 ];
 
@@ -126,8 +131,13 @@ const POSTGRES: Embedded = &[
     ),
     (
         11,
+        "claim order",
+        include_str!("../../migrations/postgres/0011_claim_order.sql"),
+    ),
+    (
+        12,
         "cold samples",
-        include_str!("../../migrations/postgres/0011_cold_samples.sql"),
+        include_str!("../../migrations/postgres/0012_cold_samples.sql"),
     ),
 ];
 

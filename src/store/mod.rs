@@ -8,7 +8,7 @@
 //!   poll's (`finish_poll`), committed together with the other polls finishing at that moment;
 //! - `samples.rs`: the time series (ingest, read back); `compact.rs`: how a sample is stored in
 //!   few bytes (migration 0008) without losing a byte of it; `cold.rs`: PostgreSQL's hot and
-//!   cold tables (migration 0011), which reading goes where and how old ones move;
+//!   cold tables (migration 0012), which reading goes where and how old ones move;
 //! - `vehicle_status.rs`: every rule and statement that changes a vehicle's status;
 //! - `webhooks.rs`: one webhook delivery in one transaction; `connect.rs`: Connect states;
 //! - `fleet.rs`: users, vehicles, ticks, pauses; `ops.rs`: operator commands and `status`;
@@ -48,7 +48,7 @@ mod sqlite;
 pub mod time;
 mod webhooks;
 
-pub use allowance::{BudgetRow, PlanCandidate, PlanRecord};
+pub use allowance::{BudgetRow, PlanCandidate, PlanRecord, PollContext};
 pub use audit::TokenAuditRow;
 pub use budget::{BudgetView, DaemonBeat, DaemonRow};
 pub use connect::{ConnectRedemption, StateProof};
@@ -331,6 +331,8 @@ pub struct PollResult {
     pub samples: Vec<NewSample>,
     pub statuses: Vec<SignalState>,
     pub polled_at: DateTime<Utc>,
+    /// The planner's decision after this poll (with an allowance), committed with it.
+    pub plan: Option<PlanRecord>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,11 +412,15 @@ pub struct Store {
     group: std::sync::Arc<group::GroupCommit>,
 }
 
+/// A pooled PostgreSQL connection idle this long is pinged before it is used.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Connects to `sqlite://path` (file created if missing; WAL, busy_timeout 5 s, foreign
     /// keys, synchronous=NORMAL), `sqlite::memory:` (tests; one connection, kept open) or
     /// `postgres://…` (pool with `statement_timeout`, acquire timeout, and a liveness check
-    /// before each acquire so a restarted server is reconnected). Does not migrate.
+    /// before using a connection idle for a second or more, so a restarted server is
+    /// reconnected). Does not migrate.
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
         let pool = if url.starts_with("sqlite:") {
             let memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -428,11 +434,19 @@ impl Store {
                 })
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
-                .synchronous(SqliteSynchronous::Normal);
+                .synchronous(SqliteSynchronous::Normal)
+                // Pages read through a memory map, not a read() copy each: every commit by
+                // another connection empties a connection's page cache, so under a busy queue
+                // most reads are re-reads. 256 MiB of address space, not of memory.
+                .pragma("mmap_size", "268435456");
             if !memory {
                 create_owner_only(co.get_filename());
             }
-            let po = SqlitePoolOptions::new().acquire_timeout(opts.acquire_timeout);
+            // No ping before each acquire: a SQLite connection is a file handle that cannot go
+            // stale, and the ping is a round trip to the connection's thread per statement.
+            let po = SqlitePoolOptions::new()
+                .acquire_timeout(opts.acquire_timeout)
+                .test_before_acquire(false);
             // An in-memory database lives as long as its connection: keep exactly one, forever.
             let po = if memory {
                 po.max_connections(1)
@@ -448,11 +462,29 @@ impl Store {
             let co = PgConnectOptions::from_str(url)
                 .map_err(|e| StoreError::BadUrl(format!("PostgreSQL URL does not parse: {e}")))?
                 .application_name("smartcar-sync")
-                .options([("statement_timeout", format!("{timeout_ms}ms"))]);
+                .options([
+                    ("statement_timeout", format!("{timeout_ms}ms")),
+                    // Plan every execution with its parameters. A prepared statement's generic
+                    // plan is fixed while its tables are still small (a first sync fills them
+                    // from empty within seconds), and a sequential scan planned over an empty
+                    // `vehicles` then ran over ten thousand rows for the rest of the cycle.
+                    ("plan_cache_mode", "force_custom_plan".to_owned()),
+                ]);
             let pool = PgPoolOptions::new()
                 .max_connections(opts.max_connections.max(1))
                 .acquire_timeout(opts.acquire_timeout)
-                .test_before_acquire(true)
+                // A connection idle for a while is pinged before use (a restarted server is
+                // reconnected instead of failing a job); one in steady use is not: a ping per
+                // statement doubled the round trips of a busy queue.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_IF_IDLE_FOR {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(co)
                 .await?;
             Pool::Postgres(pool)

@@ -2,7 +2,7 @@
 //!
 //! The partitions of `samples` (migration 0008) keep the names they had as partitions of the
 //! old `signal_samples` table: `signal_samples_YYYYMM` and `signal_samples_default`; those of
-//! `samples_cold` (0011) are `samples_cold_YYYYMM` and `samples_cold_default`. Both tables get
+//! `samples_cold` (0012) are `samples_cold_YYYYMM` and `samples_cold_default`. Both tables get
 //! the same months and lose them together to retention. Which readings are hot and which cold,
 //! and how they move, is `cold.rs`.
 
@@ -19,7 +19,7 @@ const PARTITION_LOCK: i64 = 0x5343_5359_4e43_0001;
 /// Inserts samples into the compact tables of migration 0008: the missing dictionary rows
 /// (series, units, bodies that cannot be rebuilt), then the samples, each step ONE array
 /// (UNNEST) statement whatever the count. Readings at or after the watermark go to the hot
-/// table, older ones to the cold one (migration 0011, `cold.rs`). Rows already stored are left as
+/// table, older ones to the cold one (migration 0012, `cold.rs`). Rows already stored are left as
 /// they are (first writer wins). Returns the rows inserted per vehicle, both tables counted.
 ///
 /// Every dictionary lookup is a scalar subquery, i.e. one index probe per row: as a join, the
@@ -236,7 +236,7 @@ pub(crate) fn month_start(year: i32, month: u32) -> Result<DateTime<Utc>, StoreE
 }
 
 /// The two partitioned tables (name, partition prefix, default partition): hot `samples` keeps
-/// the names of 0008, cold `samples_cold` (0011) has its own.
+/// the names of 0008, cold `samples_cold` (0012) has its own.
 const PARTITIONED: [(&str, &str, &str); 2] = [
     ("samples", "signal_samples_", "signal_samples_default"),
     ("samples_cold", "samples_cold_", "samples_cold_default"),

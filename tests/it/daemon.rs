@@ -101,6 +101,29 @@ async fn a_full_cycle_stores_every_reading_and_a_second_cycle_adds_nothing() {
     }
 }
 
+/// `queue.concurrency` caps requests in flight, not jobs: the queue runs more jobs than that
+/// (their database work overlaps the requests), and the simulator never sees more requests at
+/// once than the configuration allows, while the workers keep every slot busy.
+#[tokio::test]
+async fn requests_in_flight_never_exceed_the_concurrency_although_more_jobs_run() {
+    let db = TestDb::sqlite().await;
+    let mut sim_config = fleet(10, 4);
+    sim_config.latency = Duration::from_millis(30);
+    let sim = support::simulator(sim_config).await;
+    let mut config = support::config(&sim, &db.url);
+    config.queue.concurrency = 3;
+    let (daemon, report) = cycle(config).await;
+    assert_eq!(report.dead, 0);
+    let c = sim.counters();
+    assert_eq!(
+        c.api_concurrent_peak, 3,
+        "at most 3 requests in flight, and the cap is reached"
+    );
+    assert_store_matches_served(daemon.store(), &sim, db.backend).await;
+    daemon.store().close().await;
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn faults_and_a_small_app_bucket_lose_nothing_and_retry_after_is_obeyed() {
     for db in support::databases().await {

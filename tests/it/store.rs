@@ -197,6 +197,7 @@ async fn the_same_reading_twice_is_stored_once(store: Store) {
         samples: vec![a, b, sample("v1", "odometer", t(2), 102.0)],
         statuses: vec![],
         polled_at: t(3),
+        plan: None,
     };
     let out = store.finish_poll(&job, &poll).await.unwrap();
     assert_eq!(out.samples_inserted, 1);
@@ -531,6 +532,7 @@ async fn a_lost_lease_rolls_back_the_whole_poll(store: Store) {
             observed_at: t(1),
         }],
         polled_at: t(1),
+        plan: None,
     };
     assert!(matches!(
         store.finish_poll(&stale, &poll).await,
@@ -569,6 +571,7 @@ async fn a_group_commit_keeps_every_poll_but_the_one_whose_lease_was_lost(store:
             samples: vec![sample(&job.subject, "odometer", t(0), 1.5)],
             statuses: Vec::new(),
             polled_at: t(1),
+            plan: None,
         };
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
@@ -645,7 +648,7 @@ async fn sample_partitions_are_managed(store: Store) {
     let now = Utc.with_ymd_and_hms(2031, 6, 10, 0, 0, 0).unwrap();
     let created = store.ensure_partitions(now, 2).await.unwrap();
     if store.backend_name() == "postgres" {
-        // Both tables, month by month: hot `samples` and `samples_cold` (migration 0011).
+        // Both tables, month by month: hot `samples` and `samples_cold` (migration 0012).
         assert_eq!(
             created,
             [
@@ -744,6 +747,7 @@ async fn vehicle_status_decides_pollability(store: Store) {
             samples: vec![],
             statuses: vec![],
             polled_at: t(1),
+            plan: None,
         };
         store.finish_poll(&job, &poll).await.unwrap();
     }
@@ -817,6 +821,7 @@ async fn vehicle_status_decides_pollability(store: Store) {
         samples: vec![],
         statuses: vec![],
         polled_at: t(100),
+        plan: None,
     };
     store.finish_poll(&job, &poll).await.unwrap();
     let v2 = store.vehicle("v2").await.unwrap().unwrap();
@@ -1066,6 +1071,7 @@ async fn an_old_reading_is_stored_once_in_cold(store: Store) {
         samples: vec![a.clone(), b.clone(), new_old.clone(), new_old.clone()],
         statuses: vec![],
         polled_at: t(4000),
+        plan: None,
     };
     assert_eq!(
         store

@@ -3,7 +3,7 @@
 //! included), migrated; every row reads back identical through `signal_samples` and every
 //! dashboard view; then new readings (plain and odd) read back as sent, and the old readings
 //! sent again are recognised as already stored. On PostgreSQL the same holds after every reading
-//! moved to the cold table (migration 0011, compaction), and for new readings stored there.
+//! moved to the cold table (migration 0012, compaction), and for new readings stored there.
 
 use chrono::{DateTime, TimeZone, Utc};
 use smartcar_sync::store::{NewSample, SampleSource, Store, StoreOptions};
@@ -519,7 +519,7 @@ async fn migration_0008_keeps_every_row_and_every_view_identical() {
         assert_eq!(store.ingest_samples(&again, &[]).await.expect("ingest"), 0);
         assert_eq!(conn.snapshot_all().await, after, "{}", db.backend);
 
-        // PostgreSQL: everything moves to the cold table (migration 0011) in one-hour slices from
+        // PostgreSQL: everything moves to the cold table (migration 0012) in one-hour slices from
         // the oldest partition on; every view answers the same, and the old readings sent again
         // are still recognised (now by the cold table's check).
         let compacted = store

@@ -13,6 +13,8 @@ pub struct CounterSnapshot {
     pub token_concurrent_peak: u64,
     /// Every non-token call.
     pub api_calls: u64,
+    /// Most non-token calls in flight at once (a client's concurrency cap shows here).
+    pub api_concurrent_peak: u64,
     pub connections_calls: u64,
     pub vehicle_calls: u64,
     pub signals_calls: u64,
@@ -44,6 +46,8 @@ pub(crate) struct Counters {
     pub token_in_flight: AtomicU64,
     pub token_concurrent_peak: AtomicU64,
     pub api_calls: AtomicU64,
+    pub api_in_flight: AtomicU64,
+    pub api_concurrent_peak: AtomicU64,
     pub connections_calls: AtomicU64,
     pub vehicle_calls: AtomicU64,
     pub signals_calls: AtomicU64,
@@ -86,6 +90,13 @@ impl Counters {
         TokenGuard(&self.token_in_flight)
     }
 
+    /// Marks an API call in flight; the guard ends it (also when the request is dropped).
+    pub(crate) fn api_start(&self) -> TokenGuard<'_> {
+        let now = self.api_in_flight.fetch_add(1, Relaxed) + 1;
+        self.api_concurrent_peak.fetch_max(now, Relaxed);
+        TokenGuard(&self.api_in_flight)
+    }
+
     pub(crate) fn snapshot(&self) -> CounterSnapshot {
         let g = |c: &AtomicU64| c.load(Relaxed);
         CounterSnapshot {
@@ -93,6 +104,7 @@ impl Counters {
             token_rejected: g(&self.token_rejected),
             token_concurrent_peak: g(&self.token_concurrent_peak),
             api_calls: g(&self.api_calls),
+            api_concurrent_peak: g(&self.api_concurrent_peak),
             connections_calls: g(&self.connections_calls),
             vehicle_calls: g(&self.vehicle_calls),
             signals_calls: g(&self.signals_calls),
@@ -124,6 +136,7 @@ impl Counters {
             &self.token_rejected,
             &self.token_concurrent_peak,
             &self.api_calls,
+            &self.api_concurrent_peak,
             &self.connections_calls,
             &self.vehicle_calls,
             &self.signals_calls,
@@ -145,6 +158,7 @@ impl Counters {
     }
 }
 
+/// Ends an in-flight mark when dropped.
 pub(crate) struct TokenGuard<'a>(&'a AtomicU64);
 
 impl Drop for TokenGuard<'_> {

@@ -62,11 +62,14 @@ pub(crate) fn router(state: Shared) -> Router {
 /// Request id in, `SC-Request-Id` out; counts every response by status.
 async fn outer(State(s): State<Shared>, mut req: Request, next: Next) -> Response {
     let id = s.next_request_id();
-    if req.uri().path() != "/oauth2/token" {
+    let api = req.uri().path() != "/oauth2/token";
+    if api {
         inc(&s.counters.api_calls);
     }
     req.extensions_mut().insert(RequestId(id.clone()));
+    let in_flight = api.then(|| s.counters.api_start());
     let mut resp = next.run(req).await;
+    drop(in_flight);
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("sc-request-id", v);
     }

@@ -1,4 +1,4 @@
--- Hot and cold samples (issue 13), PostgreSQL only; migrations/sqlite/0011_cold_samples.sql is a
+-- Hot and cold samples (issue 13), PostgreSQL only; migrations/sqlite/0012_cold_samples.sql is a
 -- no-op (the version lists are kept equal). One row per sample with a unique btree costs about
 -- 52 bytes of heap and 31 of index: above the issue's 80 whatever the columns. So old readings
 -- move to a table without a unique index:
