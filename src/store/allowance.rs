@@ -55,30 +55,71 @@ fn count(v: i64) -> u32 {
 }
 
 impl Tx {
-    /// Records what the planner decided after a poll: in the poll's own transaction (the
-    /// group commit), so the plan is the one of the readings committed with it.
-    pub(crate) async fn save_plan(
+    /// Records what the planner decided after each poll of a group commit, in one statement and
+    /// in the polls' own transaction, so a plan is the one of the readings committed with it.
+    /// One plan per vehicle (a batch has one poll per vehicle).
+    pub(crate) async fn save_plans(
         &mut self,
-        p: &PlanRecord,
+        plans: &[&PlanRecord],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.exec(
-            "INSERT INTO vehicle_plan \
-             (vehicle_id, state, fingerprint, interval_ms, next_poll_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (vehicle_id) DO UPDATE SET state = excluded.state, \
+        if plans.is_empty() {
+            return Ok(());
+        }
+        const UPSERT: &str = " ON CONFLICT (vehicle_id) DO UPDATE SET state = excluded.state, \
                fingerprint = excluded.fingerprint, interval_ms = excluded.interval_ms, \
-               next_poll_at = excluded.next_poll_at, updated_at = excluded.updated_at",
-            args![
-                p.vehicle_id.as_str(),
-                p.state.as_str(),
-                p.fingerprint.as_str(),
-                p.interval_ms,
-                p.next_poll_at,
-                now
-            ],
-        )
-        .await?;
+               next_poll_at = excluded.next_poll_at, updated_at = excluded.updated_at";
+        match self {
+            Tx::Sqlite(_) => {
+                let rows: Vec<(&str, &str, &str, i64, String)> = plans
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.vehicle_id.as_str(),
+                            p.state.as_str(),
+                            p.fingerprint.as_str(),
+                            p.interval_ms,
+                            super::time::to_text(p.next_poll_at),
+                        )
+                    })
+                    .collect();
+                let json = serde_json::to_string(&rows)
+                    .map_err(|e| StoreError::Corrupt(format!("plans as JSON: {e}")))?;
+                // `WHERE true`: SQLite's upsert after a SELECT needs it to parse.
+                let sql = format!(
+                    "INSERT INTO vehicle_plan \
+                     (vehicle_id, state, fingerprint, interval_ms, next_poll_at, updated_at) \
+                     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+                            json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
+                            json_extract(value, '$[4]'), $2 \
+                     FROM json_each($1) WHERE true{UPSERT}"
+                );
+                self.exec(&sql, args![json.as_str(), now]).await?;
+            }
+            Tx::Postgres(t) => {
+                let ids: Vec<&str> = plans.iter().map(|p| p.vehicle_id.as_str()).collect();
+                let states: Vec<&str> = plans.iter().map(|p| p.state.as_str()).collect();
+                let prints: Vec<&str> = plans.iter().map(|p| p.fingerprint.as_str()).collect();
+                let intervals: Vec<i64> = plans.iter().map(|p| p.interval_ms).collect();
+                let next: Vec<DateTime<Utc>> = plans.iter().map(|p| p.next_poll_at).collect();
+                let sql = format!(
+                    "INSERT INTO vehicle_plan \
+                     (vehicle_id, state, fingerprint, interval_ms, next_poll_at, updated_at) \
+                     SELECT v, s, f, i, n, $6 FROM UNNEST($1::text[], $2::text[], $3::text[], \
+                                                         $4::int8[], $5::timestamptz[]) \
+                       AS u(v, s, f, i, n){UPSERT}"
+                );
+                sqlx::query(&sql)
+                    .bind(ids)
+                    .bind(states)
+                    .bind(prints)
+                    .bind(intervals)
+                    .bind(next)
+                    .bind(now)
+                    .execute(&mut **t)
+                    .await?;
+            }
+        }
         Ok(())
     }
 }

@@ -28,7 +28,7 @@ use chrono::Utc;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::db::Backend;
-use super::{Job, NewSample, PollOutcome, PollResult, SignalState, Store, StoreError};
+use super::{Job, NewSample, PlanRecord, PollOutcome, PollResult, SignalState, Store, StoreError};
 
 /// The most polls one transaction commits.
 pub(crate) const MAX_BATCH: usize = 32;
@@ -199,9 +199,8 @@ impl Store {
         let inserted = tx.ingest_by_vehicle(&samples, &statuses, now).await?;
         let polls: Vec<&PollResult> = kept.iter().map(|r| &r.poll).collect();
         tx.mark_polled_many(&polls).await?;
-        for plan in polls.iter().filter_map(|p| p.plan.as_ref()) {
-            tx.save_plan(plan, now).await?;
-        }
+        let plans: Vec<&PlanRecord> = polls.iter().filter_map(|p| p.plan.as_ref()).collect();
+        tx.save_plans(&plans, now).await?;
         tx.commit().await?;
         Ok(batch
             .iter()
@@ -223,9 +222,8 @@ impl Store {
         tx.complete_fenced(job, now).await?;
         let samples_inserted = tx.ingest(&poll.samples, &poll.statuses, now).await?;
         tx.mark_polled(&poll.vehicle_id, poll.polled_at).await?;
-        if let Some(plan) = &poll.plan {
-            tx.save_plan(plan, now).await?;
-        }
+        let plans: Vec<&PlanRecord> = poll.plan.iter().collect();
+        tx.save_plans(&plans, now).await?;
         tx.commit().await?;
         Ok(PollOutcome { samples_inserted })
     }

@@ -95,16 +95,34 @@ impl Tx {
     }
 
     /// Marks vehicles polled (at each poll's time) and connected: the vehicle side of
-    /// [`Tx::mark_polled`] for several polls (one statement on PostgreSQL).
+    /// [`Tx::mark_polled`] for several polls, in one statement.
     pub(crate) async fn mark_polled_many(
         &mut self,
         polls: &[&PollResult],
     ) -> Result<(), StoreError> {
         match self {
             Tx::Sqlite(_) => {
-                for p in polls {
-                    self.mark_polled(&p.vehicle_id, p.polled_at).await?;
-                }
+                // [[vehicle_id, polled_at], …] in one UPDATE … FROM json_each.
+                let rows: Vec<(&str, String)> = polls
+                    .iter()
+                    .map(|p| (p.vehicle_id.as_str(), super::time::to_text(p.polled_at)))
+                    .collect();
+                let json = serde_json::to_string(&rows)
+                    .map_err(|e| StoreError::Corrupt(format!("polls as JSON: {e}")))?;
+                self.exec(
+                    "UPDATE vehicles SET \
+                       last_polled_at = CASE WHEN last_polled_at IS NULL OR last_polled_at < p.at \
+                                        THEN p.at ELSE last_polled_at END, \
+                       status_changed_at = CASE WHEN status <> 'connected' THEN p.at \
+                                           ELSE status_changed_at END, \
+                       status = 'connected', status_reason = NULL, status_request_id = NULL, \
+                       blocked_until = NULL, throttle_streak = 0 \
+                     FROM (SELECT json_extract(value, '$[0]') AS v, \
+                                  json_extract(value, '$[1]') AS at FROM json_each($1)) AS p \
+                     WHERE vehicles.vehicle_id = p.v",
+                    args![json.as_str()],
+                )
+                .await?;
             }
             Tx::Postgres(t) => {
                 let ids: Vec<&str> = polls.iter().map(|p| p.vehicle_id.as_str()).collect();
