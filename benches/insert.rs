@@ -4,6 +4,8 @@
 //! - the store's batch insert (`Store::ingest_samples`, the same statement a poll commits) with
 //!   one poll's worth of samples per transaction, then with 1000 per transaction;
 //! - bytes per sample on disk (table + indexes) after a million samples;
+//! - PostgreSQL: then `Store::compact_samples` moving every sample to the cold table (its rate),
+//!   VACUUM, and bytes per sample again, every relation counted, and the cold part alone;
 //! - a raw baseline into the same table: `COPY … FROM STDIN` on PostgreSQL, prepared multi-row
 //!   `INSERT`s in one transaction on SQLite.
 //!
@@ -112,6 +114,23 @@ struct Figures {
     raw: f64,
     raw_how: &'static str,
     bytes_per_sample: f64,
+    /// PostgreSQL, after compacting every sample into the cold table.
+    cold: Option<Cold>,
+}
+
+/// Sizes and rate of the PostgreSQL compaction phase, per sample.
+struct Cold {
+    /// Samples moved per second by `Store::compact_samples` (one-hour transactions).
+    rate: f64,
+    /// Every relation after VACUUM: both tables' partitions and indexes (what is left of the
+    /// hot ones included), dictionaries, watermark.
+    total: f64,
+    /// The cold table's partitions with their indexes, dictionaries and watermark only.
+    cold_only: f64,
+    /// Of `cold_only`: the cold heap, its series btree and its BRIN.
+    heap: f64,
+    btree: f64,
+    brin: f64,
 }
 
 fn print(backend: &str, n: usize, f: &Figures) {
@@ -132,6 +151,24 @@ fn print(backend: &str, n: usize, f: &Figures) {
         "  on disk after {n} samples (table + indexes)  : {:>10.1} bytes/sample",
         f.bytes_per_sample
     );
+    if let Some(c) = &f.cold {
+        println!(
+            "  compaction, everything to cold               : {:>10.0} samples/s",
+            c.rate
+        );
+        println!(
+            "  after compaction + VACUUM, every relation    : {:>10.1} bytes/sample",
+            c.total
+        );
+        println!(
+            "    cold table + indexes + dictionaries        : {:>10.1} bytes/sample",
+            c.cold_only
+        );
+        println!(
+            "    of which cold heap / series btree / BRIN   : {:>5.1} / {:.1} / {:.2}",
+            c.heap, c.btree, c.brin
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -200,6 +237,7 @@ async fn sqlite(n: usize, per_poll_n: usize, base: DateTime<Utc>) -> anyhow::Res
         raw,
         raw_how: "multi-row INSERT, 1 tx",
         bytes_per_sample: (full - empty) as f64 / n as f64,
+        cold: None,
     })
 }
 
@@ -262,7 +300,8 @@ async fn postgres_in(
     )
     .fetch_one(&pool)
     .await?;
-    pool.execute("TRUNCATE samples").await?;
+    let cold = compact_all(&store, &pool, n, base).await?;
+    pool.execute("TRUNCATE samples, samples_cold").await?;
 
     // Raw: COPY in text format straight into `samples`, 100k rows per COPY, with the
     // dictionary ids (already there from the store's run) and forms worked out first.
@@ -306,6 +345,48 @@ async fn postgres_in(
         raw,
         raw_how: "COPY FROM STDIN, 100k rows",
         bytes_per_sample: size as f64 / n as f64,
+        cold: Some(cold),
+    })
+}
+
+/// Moves every sample to the cold table (`before` just after the newest), VACUUMs, measures.
+async fn compact_all(
+    store: &Store,
+    pool: &sqlx::PgPool,
+    n: usize,
+    base: DateTime<Utc>,
+) -> anyhow::Result<Cold> {
+    let newest = sample(n - 1, base).recorded_at;
+    let t = Instant::now();
+    let moved = store.compact_samples(newest + Duration::seconds(1)).await?;
+    let rate = moved as f64 / t.elapsed().as_secs_f64();
+    if moved as usize != n {
+        bail!("compaction moved {moved} of {n}");
+    }
+    pool.execute("VACUUM ANALYZE samples, samples_cold").await?;
+    let dictionaries = "pg_total_relation_size('sample_series') \
+        + pg_total_relation_size('sample_units') + pg_total_relation_size('sample_bodies') \
+        + pg_total_relation_size('sample_watermark')";
+    let sizes: (i64, i64, i64, i64, i64) = sqlx::query_as(&format!(
+        "SELECT ((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('samples')) \
+                + (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('samples_cold')) \
+                + {dictionaries})::int8, \
+                ((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('samples_cold')) \
+                + {dictionaries})::int8, \
+                (SELECT sum(pg_table_size(relid)) FROM pg_partition_tree('samples_cold'))::int8, \
+                (SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('samples_cold_series'))::int8, \
+                (SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('samples_cold_recorded_brin'))::int8"
+    ))
+    .fetch_one(pool)
+    .await?;
+    let per = |b: i64| b as f64 / n as f64;
+    Ok(Cold {
+        rate,
+        total: per(sizes.0),
+        cold_only: per(sizes.1),
+        heap: per(sizes.2),
+        btree: per(sizes.3),
+        brin: per(sizes.4),
     })
 }
 

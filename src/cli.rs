@@ -180,6 +180,14 @@ pub enum Command {
     },
     /// Create or update the database schema.
     Migrate,
+    /// PostgreSQL: move the samples recorded before a time to the compact cold table now
+    /// (hourly housekeeping does it for those older than [storage] hot_window). SQLite: nothing
+    /// to do.
+    Compact {
+        /// RFC 3339 time (e.g. 2030-01-31T00:00:00Z); default: now minus storage.hot_window.
+        #[arg(long, value_parser = parse_time)]
+        before: Option<chrono::DateTime<Utc>>,
+    },
     /// Issue a one-time Smartcar Connect URL for one user to connect a vehicle (its `state` is
     /// single-use and expires after connect.state_ttl).
     ConnectUrl,
@@ -303,6 +311,11 @@ fn job_kind_parser() -> impl clap::builder::TypedValueParser<Value = JobKind> {
         .try_map(|s| s.parse::<JobKind>())
 }
 
+/// An RFC 3339 time on the command line.
+fn parse_time(s: &str) -> Result<chrono::DateTime<Utc>, chrono::ParseError> {
+    chrono::DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
+}
+
 /// A user id on the command line obeys the same rule as every other id ([`crate::ids`]).
 fn parse_user_id(s: &str) -> Result<String, crate::ids::InvalidId> {
     crate::ids::check("user id", s).map(|()| s.to_owned())
@@ -348,6 +361,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Jobs(cmd) => jobs(config, cmd).await,
         Command::Budget { plan, json } => budget(config, plan, json).await,
         Command::Migrate => migrate(config).await,
+        Command::Compact { before } => compact(config, before).await,
         Command::ConnectUrl => connect_url(config).await,
         Command::CheckConfig => return check_config(config).await,
         #[cfg(feature = "simulator")]
@@ -697,6 +711,34 @@ async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
         store.backend_name(),
         crate::daemon::redact_url(&config.database.url)
     )?;
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn compact(
+    config: Config,
+    before: Option<chrono::DateTime<Utc>>,
+) -> anyhow::Result<ExitCode> {
+    let store = migrated_store(&config).await?;
+    let before = match before {
+        Some(t) => t,
+        None => {
+            let window = chrono::Duration::from_std(config.storage.hot_window)
+                .context("storage.hot_window is too large")?;
+            Utc::now() - window
+        }
+    };
+    let moved = store.compact_samples(before).await?;
+    match store.compacted_before().await? {
+        Some(w) => out!(
+            "compacted {moved} samples; readings recorded before {} are in the cold table",
+            w.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        )?,
+        None => out!(
+            "nothing to compact on {} (one table for every sample)",
+            store.backend_name()
+        )?,
+    }
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -49,6 +49,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub connect: ConnectConfig,
     pub retention: RetentionConfig,
+    pub storage: StorageConfig,
     pub budget: BudgetConfig,
     pub webhooks: WebhooksConfig,
 }
@@ -259,6 +260,24 @@ impl Default for BudgetConfig {
 pub struct RetentionConfig {
     /// Drop samples older than this (e.g. `400d`); empty keeps everything.
     pub samples: String,
+}
+
+/// `[storage]`: how samples are kept (PostgreSQL).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Readings younger than this stay in the hot table (unique key, cheap repeats); hourly
+    /// housekeeping moves older ones to the compact cold table. SQLite: unused.
+    #[serde(with = "duration_str")]
+    pub hot_window: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            hot_window: Duration::from_secs(2 * 86_400),
+        }
+    }
 }
 
 impl Default for SmartcarConfig {
@@ -565,6 +584,14 @@ impl Config {
         }
         if !self.retention.samples.is_empty() {
             parse_duration(&self.retention.samples).map_err(|e| invalid("retention.samples", e))?;
+        }
+        if self.storage.hot_window < Duration::from_secs(3600)
+            || self.storage.hot_window > Duration::from_secs(3650 * 86_400)
+        {
+            return Err(invalid(
+                "storage.hot_window",
+                "must be between 1h and 3650d",
+            ));
         }
         let b = &self.budget;
         crate::plan::Period::parse(&b.period).map_err(|e| invalid("budget.period", e))?;

@@ -1,5 +1,6 @@
 //! The daemon's background chores: saving the per-token audit, and hourly maintenance
-//! (pruning finished jobs and expired Connect states, partitions ahead, retention).
+//! (pruning finished jobs and expired Connect states, partitions ahead, compaction of samples
+//! older than `[storage] hot_window` on PostgreSQL, retention).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +57,8 @@ pub(super) async fn save_token_audit_every(
     }
 }
 
-/// Hourly housekeeping: prune finished jobs, keep PostgreSQL partitions ahead, apply retention.
+/// Hourly housekeeping: prune finished jobs, keep PostgreSQL partitions ahead, compact old
+/// samples, apply retention.
 pub(super) async fn maintenance(store: Store, config: Config, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(Duration::from_secs(3600));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -78,6 +80,15 @@ pub(super) async fn maintenance(store: Store, config: Config, shutdown: Cancella
         }
         if let Err(e) = store.ensure_partitions(now, 3).await {
             tracing::warn!(error = %e, "cannot create sample partitions ahead");
+        }
+        let window = chrono::Duration::from_std(config.storage.hot_window)
+            .unwrap_or(chrono::Duration::days(2));
+        match store.compact_samples(now - window).await {
+            Ok(n) if n > 0 => {
+                tracing::info!(moved = n, "compacted samples older than the hot window")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot compact samples"),
         }
         if let Some(retention) = config.sample_retention() {
             let cutoff =

@@ -71,6 +71,11 @@ const SQLITE: Embedded = &[
         "claim order",
         include_str!("../../migrations/sqlite/0011_claim_order.sql"),
     ),
+    (
+        12,
+        "cold samples",
+        include_str!("../../migrations/sqlite/0012_cold_samples.sql"),
+    ),
 ];
 
 const POSTGRES: Embedded = &[
@@ -128,6 +133,11 @@ const POSTGRES: Embedded = &[
         11,
         "claim order",
         include_str!("../../migrations/postgres/0011_claim_order.sql"),
+    ),
+    (
+        12,
+        "cold samples",
+        include_str!("../../migrations/postgres/0012_cold_samples.sql"),
     ),
 ];
 

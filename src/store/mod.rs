@@ -7,7 +7,8 @@
 //! - `effects.rs`: a job's effect committed with its completion (`finish_*`); `group.rs`: a
 //!   poll's (`finish_poll`), committed together with the other polls finishing at that moment;
 //! - `samples.rs`: the time series (ingest, read back); `compact.rs`: how a sample is stored in
-//!   few bytes (migration 0008) without losing a byte of it;
+//!   few bytes (migration 0008) without losing a byte of it; `cold.rs`: PostgreSQL's hot and
+//!   cold tables (migration 0012), which reading goes where and how old ones move;
 //! - `vehicle_status.rs`: every rule and statement that changes a vehicle's status;
 //! - `webhooks.rs`: one webhook delivery in one transaction; `connect.rs`: Connect states;
 //! - `fleet.rs`: users, vehicles, ticks, pauses; `ops.rs`: operator commands and `status`;
@@ -31,6 +32,7 @@ mod vehicle_status;
 mod allowance;
 mod audit;
 mod budget;
+mod cold;
 pub mod compact;
 mod connect;
 mod db;

@@ -1,22 +1,26 @@
 //! PostgreSQL-only statements: array (UNNEST) inserts and monthly partition management.
 //!
 //! The partitions of `samples` (migration 0008) keep the names they had as partitions of the
-//! old `signal_samples` table: `signal_samples_YYYYMM` and `signal_samples_default`.
+//! old `signal_samples` table: `signal_samples_YYYYMM` and `signal_samples_default`; those of
+//! `samples_cold` (0012) are `samples_cold_YYYYMM` and `samples_cold_default`. Both tables get
+//! the same months and lose them together to retention. Which readings are hot and which cold,
+//! and how they move, is `cold.rs`.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use super::{NewSample, SignalState, StoreError, compact};
+use super::{NewSample, SignalState, StoreError, cold, compact};
 
 /// Serialises partition DDL between daemons sharing the database.
 const PARTITION_LOCK: i64 = 0x5343_5359_4e43_0001;
 
 /// Inserts samples into the compact tables of migration 0008: the missing dictionary rows
 /// (series, units, bodies that cannot be rebuilt), then the samples, each step ONE array
-/// (UNNEST) statement whatever the count. Rows already stored are left as they are (first writer
-/// wins). Returns the rows inserted per vehicle.
+/// (UNNEST) statement whatever the count. Readings at or after the watermark go to the hot
+/// table, older ones to the cold one (migration 0012, `cold.rs`). Rows already stored are left as
+/// they are (first writer wins). Returns the rows inserted per vehicle, both tables counted.
 ///
 /// Every dictionary lookup is a scalar subquery, i.e. one index probe per row: as a join, the
 /// planner (which guesses 100 rows for an UNNEST) hashes the whole dictionary instead, a scan of
@@ -35,29 +39,10 @@ pub(crate) async fn insert_samples(
     if samples.is_empty() {
         return Ok(HashMap::new());
     }
-    let n = samples.len();
-    let (mut vid, mut code, mut rec, mut val, mut unit, mut hash, mut body, mut form) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for s in samples {
-        let f = compact::form(s);
-        let stored = compact::body_stored(f);
-        vid.push(s.vehicle_id.as_str());
-        code.push(s.code.as_str());
-        rec.push(s.recorded_at);
-        val.push(s.value_num);
-        unit.push(s.unit.as_deref());
-        hash.push(stored.then(|| compact::body_hash(&s.body)));
-        body.push(stored.then_some(s.body.as_str()));
-        form.push(f);
-    }
+    // First, before any other lock: the watermark, held until commit so that no compaction
+    // moves the slice these readings belong to under them (see `cold.rs`).
+    let watermark = cold::watermark_for_share(tx).await?;
+    let all = Columns::new(samples.iter());
     sqlx::query(
         "INSERT INTO sample_series (vehicle_id, code) \
          SELECT DISTINCT v, c FROM UNNEST($1::text[], $2::text[]) AS t(v, c) \
@@ -65,33 +50,100 @@ pub(crate) async fn insert_samples(
                 WHERE s.vehicle_id = t.v AND s.code = t.c) IS NULL \
          ON CONFLICT DO NOTHING",
     )
-    .bind(&vid)
-    .bind(&code)
+    .bind(&all.vid)
+    .bind(&all.code)
     .execute(&mut **tx)
     .await?;
-    if unit.iter().any(Option::is_some) {
+    if all.unit.iter().any(Option::is_some) {
         sqlx::query(
             "INSERT INTO sample_units (unit) \
              SELECT DISTINCT u FROM UNNEST($1::text[]) AS t(u) \
              WHERE u IS NOT NULL AND (SELECT x.unit_id FROM sample_units x WHERE x.unit = t.u) IS NULL \
              ON CONFLICT DO NOTHING",
         )
-        .bind(&unit)
+        .bind(&all.unit)
         .execute(&mut **tx)
         .await?;
     }
-    if body.iter().any(Option::is_some) {
+    if all.body.iter().any(Option::is_some) {
         sqlx::query(
             "INSERT INTO sample_bodies (hash, body) \
              SELECT DISTINCT ON (h, b) h, b::jsonb FROM UNNEST($1::int8[], $2::text[]) AS t(h, b) \
              WHERE b IS NOT NULL AND (SELECT min(x.body_id) FROM sample_bodies x \
                    WHERE x.hash = t.h AND x.body::text = (t.b::jsonb)::text) IS NULL",
         )
-        .bind(&hash)
-        .bind(&body)
+        .bind(&all.hash)
+        .bind(&all.body)
         .execute(&mut **tx)
         .await?;
     }
+    let (hot, below): (Vec<&NewSample>, Vec<&NewSample>) = samples
+        .iter()
+        .partition(|s| watermark.is_none_or(|w| s.recorded_at >= w));
+    let mut inserted = if hot.len() == samples.len() {
+        insert_hot(tx, &all, ingested_at).await?
+    } else if hot.is_empty() {
+        HashMap::new()
+    } else {
+        insert_hot(tx, &Columns::new(hot.into_iter()), ingested_at).await?
+    };
+    if !below.is_empty() {
+        let cold = cold::insert_cold(tx, &Columns::new(below.into_iter()), ingested_at).await?;
+        for (vehicle, n) in cold {
+            *inserted.entry(vehicle).or_insert(0) += n;
+        }
+    }
+    Ok(inserted)
+}
+
+/// The samples of one statement as parallel arrays (one UNNEST argument each).
+pub(crate) struct Columns<'a> {
+    pub vid: Vec<&'a str>,
+    pub code: Vec<&'a str>,
+    pub rec: Vec<DateTime<Utc>>,
+    pub val: Vec<Option<f64>>,
+    pub unit: Vec<Option<&'a str>>,
+    pub hash: Vec<Option<i64>>,
+    pub body: Vec<Option<&'a str>>,
+    pub form: Vec<i16>,
+}
+
+impl<'a> Columns<'a> {
+    pub fn new(samples: impl ExactSizeIterator<Item = &'a NewSample>) -> Columns<'a> {
+        let n = samples.len();
+        let mut c = Columns {
+            vid: Vec::with_capacity(n),
+            code: Vec::with_capacity(n),
+            rec: Vec::with_capacity(n),
+            val: Vec::with_capacity(n),
+            unit: Vec::with_capacity(n),
+            hash: Vec::with_capacity(n),
+            body: Vec::with_capacity(n),
+            form: Vec::with_capacity(n),
+        };
+        for s in samples {
+            let f = compact::form(s);
+            let stored = compact::body_stored(f);
+            c.vid.push(s.vehicle_id.as_str());
+            c.code.push(s.code.as_str());
+            c.rec.push(s.recorded_at);
+            c.val.push(s.value_num);
+            c.unit.push(s.unit.as_deref());
+            c.hash.push(stored.then(|| compact::body_hash(&s.body)));
+            c.body.push(stored.then_some(s.body.as_str()));
+            c.form.push(f);
+        }
+        c
+    }
+}
+
+/// Readings at or after the watermark: into the hot table, whose primary key makes a repeat a
+/// no-op (first writer wins).
+async fn insert_hot(
+    tx: &mut Transaction<'static, Postgres>,
+    c: &Columns<'_>,
+    ingested_at: DateTime<Utc>,
+) -> Result<HashMap<String, u64>, StoreError> {
     let rows = sqlx::query(
         "WITH ins AS (INSERT INTO samples \
            (recorded_at, value_num, ingested_at, series_id, body_id, unit_id, form) \
@@ -109,17 +161,24 @@ pub(crate) async fn insert_samples(
                   AS vehicle_id, count(*)::int8 AS n \
          FROM ins GROUP BY 1",
     )
-    .bind(&vid)
-    .bind(&code)
-    .bind(&rec)
-    .bind(&val)
-    .bind(&unit)
-    .bind(&hash)
-    .bind(&body)
-    .bind(&form)
+    .bind(&c.vid)
+    .bind(&c.code)
+    .bind(&c.rec)
+    .bind(&c.val)
+    .bind(&c.unit)
+    .bind(&c.hash)
+    .bind(&c.body)
+    .bind(&c.form)
     .bind(ingested_at)
     .fetch_all(&mut **tx)
     .await?;
+    counts_by_vehicle(&rows)
+}
+
+/// `(vehicle_id, n)` rows as a map.
+pub(crate) fn counts_by_vehicle(
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<HashMap<String, u64>, StoreError> {
     rows.iter()
         .map(|r| {
             let n: i64 = r.try_get("n")?;
@@ -165,24 +224,31 @@ pub(crate) async fn upsert_statuses(
 }
 
 /// (year, month) shifted by `delta` months.
-fn shift_month(year: i32, month: u32, delta: i32) -> (i32, u32) {
+pub(crate) fn shift_month(year: i32, month: u32, delta: i32) -> (i32, u32) {
     let index = year * 12 + (month as i32 - 1) + delta;
     (index.div_euclid(12), index.rem_euclid(12) as u32 + 1)
 }
 
-fn month_start(year: i32, month: u32) -> Result<DateTime<Utc>, StoreError> {
+pub(crate) fn month_start(year: i32, month: u32) -> Result<DateTime<Utc>, StoreError> {
     Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0)
         .single()
         .ok_or_else(|| StoreError::Corrupt(format!("no such month {year}-{month}")))
 }
 
-fn partition_name(year: i32, month: u32) -> String {
-    format!("signal_samples_{year:04}{month:02}")
+/// The two partitioned tables (name, partition prefix, default partition): hot `samples` keeps
+/// the names of 0008, cold `samples_cold` (0012) has its own.
+const PARTITIONED: [(&str, &str, &str); 2] = [
+    ("samples", "signal_samples_", "signal_samples_default"),
+    ("samples_cold", "samples_cold_", "samples_cold_default"),
+];
+
+fn partition_name(prefix: &str, year: i32, month: u32) -> String {
+    format!("{prefix}{year:04}{month:02}")
 }
 
-/// Parses `signal_samples_YYYYMM` into (year, month).
-fn parse_partition_name(name: &str) -> Option<(i32, u32)> {
-    let digits = name.strip_prefix("signal_samples_")?;
+/// Parses `signal_samples_YYYYMM` (or `samples_cold_YYYYMM` with that prefix) into (year, month).
+pub(crate) fn parse_partition_name(prefix: &str, name: &str) -> Option<(i32, u32)> {
+    let digits = name.strip_prefix(prefix)?;
     if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -199,7 +265,7 @@ fn bound(t: DateTime<Utc>) -> String {
 
 /// True when migrations 0002/0008 made `samples` a TimescaleDB hypertable (the extension was
 /// installed), i.e. it is not a natively partitioned table. Untested here: no TimescaleDB.
-async fn is_hypertable(pool: &PgPool) -> Result<bool, StoreError> {
+pub(crate) async fn is_hypertable(pool: &PgPool) -> Result<bool, StoreError> {
     let native: bool =
         sqlx::query_scalar("SELECT relkind = 'p' FROM pg_class WHERE oid = 'samples'::regclass")
             .fetch_one(pool)
@@ -227,36 +293,38 @@ pub(crate) async fn ensure_partitions(
         let (y, m) = shift_month(now.year(), now.month(), delta);
         let (ny, nm) = shift_month(y, m, 1);
         let (from, to) = (month_start(y, m)?, month_start(ny, nm)?);
-        let name = partition_name(y, m);
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(name.as_str())
+        for (table, prefix, default) in PARTITIONED {
+            let name = partition_name(prefix, y, m);
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(name.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            if exists {
+                continue;
+            }
+            // Attaching a range whose rows already sit in the default partition would fail;
+            // leave that month in the default partition rather than fail the daemon.
+            let in_default: bool = sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {default} \
+                 WHERE recorded_at >= $1 AND recorded_at < $2)"
+            ))
+            .bind(from)
+            .bind(to)
             .fetch_one(&mut *tx)
             .await?;
-        if exists {
-            continue;
+            if in_default {
+                tracing::warn!(partition = %name, "rows for this month are in the default partition; not creating it");
+                continue;
+            }
+            let ddl = format!(
+                "CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ('{}') TO ('{}')",
+                bound(from),
+                bound(to)
+            );
+            // `query`, not `raw_sql`: raw_sql's future is not provably Send inside tokio::spawn.
+            sqlx::query(&ddl).execute(&mut *tx).await?;
+            created.push(name);
         }
-        // Attaching a range whose rows already sit in the default partition would fail;
-        // leave that month in the default partition rather than fail the daemon.
-        let in_default: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM signal_samples_default \
-             WHERE recorded_at >= $1 AND recorded_at < $2)",
-        )
-        .bind(from)
-        .bind(to)
-        .fetch_one(&mut *tx)
-        .await?;
-        if in_default {
-            tracing::warn!(partition = %name, "rows for this month are in the default partition; not creating it");
-            continue;
-        }
-        let ddl = format!(
-            "CREATE TABLE {name} PARTITION OF samples FOR VALUES FROM ('{}') TO ('{}')",
-            bound(from),
-            bound(to)
-        );
-        // `query`, not `raw_sql`: raw_sql's future is not provably Send inside tokio::spawn.
-        sqlx::query(&ddl).execute(&mut *tx).await?;
-        created.push(name);
     }
     tx.commit().await?;
     if !created.is_empty() {
@@ -270,11 +338,13 @@ pub(crate) async fn drop_partitions_before(
     cutoff: DateTime<Utc>,
 ) -> Result<Vec<String>, StoreError> {
     if is_hypertable(pool).await? {
-        let mut dropped: Vec<String> =
-            sqlx::query_scalar("SELECT drop_chunks('samples', older_than => $1)::text")
-                .bind(cutoff)
-                .fetch_all(pool)
-                .await?;
+        let mut dropped: Vec<String> = sqlx::query_scalar(
+            "SELECT drop_chunks('samples', older_than => $1)::text \
+             UNION ALL SELECT drop_chunks('samples_cold', older_than => $1)::text",
+        )
+        .bind(cutoff)
+        .fetch_all(pool)
+        .await?;
         dropped.sort();
         tracing::info!(?dropped, "applied sample retention (TimescaleDB chunks)");
         return Ok(dropped);
@@ -284,32 +354,36 @@ pub(crate) async fn drop_partitions_before(
         .bind(PARTITION_LOCK)
         .execute(&mut *tx)
         .await?;
-    let rows = sqlx::query(
-        "SELECT c.relname::text AS name FROM pg_inherits i \
-         JOIN pg_class c ON c.oid = i.inhrelid \
-         WHERE i.inhparent = 'samples'::regclass",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
     let mut dropped = Vec::new();
-    for row in rows {
-        let name: String = row.try_get("name")?;
-        let Some((y, m)) = parse_partition_name(&name) else {
-            continue;
-        };
-        let (ny, nm) = shift_month(y, m, 1);
-        if month_start(ny, nm)? <= cutoff {
-            sqlx::query(&format!("DROP TABLE {name}"))
-                .execute(&mut *tx)
-                .await?;
-            dropped.push(name);
+    let mut stragglers = 0;
+    for (table, prefix, default) in PARTITIONED {
+        let rows = sqlx::query(
+            "SELECT c.relname::text AS name FROM pg_inherits i \
+             JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = $1::regclass",
+        )
+        .bind(table)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            let name: String = row.try_get("name")?;
+            let Some((y, m)) = parse_partition_name(prefix, &name) else {
+                continue;
+            };
+            let (ny, nm) = shift_month(y, m, 1);
+            if month_start(ny, nm)? <= cutoff {
+                sqlx::query(&format!("DROP TABLE {name}"))
+                    .execute(&mut *tx)
+                    .await?;
+                dropped.push(name);
+            }
         }
+        stragglers += sqlx::query(&format!("DELETE FROM {default} WHERE recorded_at < $1"))
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
     }
-    let stragglers = sqlx::query("DELETE FROM signal_samples_default WHERE recorded_at < $1")
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
     tx.commit().await?;
     dropped.sort();
     tracing::info!(?dropped, stragglers, "applied sample retention");
@@ -326,10 +400,24 @@ mod tests {
         assert_eq!(shift_month(2024, 12, 1), (2025, 1));
         assert_eq!(shift_month(2024, 5, 20), (2026, 1));
         assert_eq!(
-            parse_partition_name("signal_samples_202402"),
+            parse_partition_name("signal_samples_", "signal_samples_202402"),
             Some((2024, 2))
         );
-        assert_eq!(parse_partition_name("signal_samples_default"), None);
-        assert_eq!(parse_partition_name("signal_samples_202413"), None);
+        assert_eq!(
+            parse_partition_name("signal_samples_", "signal_samples_default"),
+            None
+        );
+        assert_eq!(
+            parse_partition_name("signal_samples_", "signal_samples_202413"),
+            None
+        );
+        assert_eq!(
+            parse_partition_name("samples_cold_", "samples_cold_203001"),
+            Some((2030, 1))
+        );
+        assert_eq!(
+            parse_partition_name("samples_cold_", "signal_samples_203001"),
+            None
+        );
     }
 }

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 
 #[cfg(any(test, feature = "test-support"))]
 use super::SampleRow;
-use super::db::{Tx, args};
-use super::{NewSample, SampleSource, SignalState, Store, StoreError, postgres, sqlite};
+use super::db::{Backend, Pool, Tx, args};
+use super::{NewSample, SampleSource, SignalState, Store, StoreError, cold, postgres, sqlite};
 
 /// Keeps the newest observation per (vehicle, code): one statement may touch a row only once.
 fn dedup_statuses(statuses: &[SignalState]) -> Vec<SignalState> {
@@ -113,11 +113,37 @@ impl Store {
         Ok(n)
     }
 
+    /// Every stored sample (PostgreSQL: hot and cold).
     pub async fn sample_count(&self) -> Result<i64, StoreError> {
+        let sql = match self.backend() {
+            Backend::Sqlite => "SELECT COUNT(*) AS n FROM samples",
+            Backend::Postgres => {
+                "SELECT (SELECT COUNT(*) FROM samples) + (SELECT COUNT(*) FROM samples_cold) AS n"
+            }
+        };
         self.pool
-            .opt("SELECT COUNT(*) AS n FROM samples", args![])
+            .opt(sql, args![])
             .await?
             .map_or(Ok(0), |r| r.int("n"))
+    }
+
+    /// Compaction (PostgreSQL): moves the readings recorded before `before` from the hot table
+    /// to the cold one and advances the watermark to `before` (never back), one hour per
+    /// transaction; see `cold.rs`. Returns the readings moved. SQLite: nothing to do, 0.
+    pub async fn compact_samples(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        match &self.pool {
+            Pool::Sqlite(_) => Ok(0),
+            Pool::Postgres(p) => cold::compact(p, before).await,
+        }
+    }
+
+    /// The compaction watermark: readings recorded before it are cold. None on SQLite and
+    /// before the first compaction.
+    pub async fn compacted_before(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match &self.pool {
+            Pool::Sqlite(_) => Ok(None),
+            Pool::Postgres(p) => cold::watermark(p).await,
+        }
     }
 }
 

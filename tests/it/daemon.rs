@@ -394,6 +394,69 @@ async fn a_bad_config_key_is_named_and_exits_78() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+#[tokio::test]
+async fn a_bad_hot_window_is_named_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    for value in ["\"soon\"", "\"10m\"", "\"4000d\""] {
+        std::fs::write(&path, format!("[storage]\nhot_window = {value}\n")).unwrap();
+        let out = support::child(&path, &["compact"], "info")
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("storage.hot_window"), "{value}: {stderr}");
+    }
+}
+
+/// `compact` moves old samples to PostgreSQL's cold table on demand (and says there is nothing
+/// to do on SQLite); the readings read back the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compact_command_moves_old_samples() {
+    for db in support::databases().await {
+        let store = db.store().await;
+        let at = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2030, 1, 15, 12, 0, 0).unwrap();
+        let sample = smartcar_sync::store::NewSample {
+            vehicle_id: "v1".into(),
+            code: "odometer-traveleddistance".into(),
+            recorded_at: at,
+            value_num: Some(1.5),
+            unit: None,
+            body: r#"{"value":1.5}"#.into(),
+            source: SampleSource::Poll,
+        };
+        assert_eq!(store.ingest_samples(&[sample], &[]).await.unwrap(), 1);
+        let before = store.list_samples().await.unwrap();
+        let path = db.dir.path().join("compact.toml");
+        std::fs::write(&path, format!("[database]\nurl = \"{}\"\n", db.url)).unwrap();
+        let out = support::child(
+            &path,
+            &["compact", "--before", "2030-02-01T00:00:00Z"],
+            "warn",
+        )
+        .output()
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if db.backend == "postgres" {
+            assert!(stdout.contains("compacted 1 samples"), "{stdout}");
+            assert!(stdout.contains("2030-02-01T00:00:00.000000Z"), "{stdout}");
+        } else {
+            assert!(stdout.contains("nothing to compact"), "{stdout}");
+        }
+        assert_eq!(store.list_samples().await.unwrap(), before);
+        store.close().await;
+        db.cleanup().await;
+    }
+}
+
 /// A discovery that fails on a page resumes at that page: with 20 pages and half of the calls
 /// failing, starting over from page 1 would succeed in one attempt in a million (and no fault
 /// at all is as unlikely); resuming needs each page answered once. The simulator's connections

@@ -595,6 +595,16 @@ async fn every_dashboard_view_and_panel_query_answers_what_the_simulator_served(
         let conn = Conn::open(&db.url).await;
         check_views(&conn, &sim, db.backend).await;
         check_dashboard_queries(&conn, db.backend).await;
+        // Every reading compacted into PostgreSQL's cold table (migration 0012): the same answers.
+        let store = db.store().await;
+        let moved = store
+            .compact_samples(Utc::now() + chrono::Duration::days(2))
+            .await
+            .unwrap();
+        assert_eq!(moved > 0, db.backend == "postgres");
+        check_views(&conn, &sim, db.backend).await;
+        check_dashboard_queries(&conn, db.backend).await;
+        store.close().await;
         conn.close().await;
         if db.backend == "postgres" {
             check_reader_role(&db.url).await;

@@ -102,6 +102,9 @@ both!(
     vehicle_status_decides_pollability,
     removing_a_user_removes_vehicles_and_open_jobs_but_keeps_samples,
     observability_counts_and_pruning,
+    compaction_changes_no_answer_and_never_moves_back,
+    an_old_reading_is_stored_once_in_cold,
+    ingest_between_compaction_slices_loses_and_duplicates_nothing,
 );
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -645,13 +648,18 @@ async fn sample_partitions_are_managed(store: Store) {
     let now = Utc.with_ymd_and_hms(2031, 6, 10, 0, 0, 0).unwrap();
     let created = store.ensure_partitions(now, 2).await.unwrap();
     if store.backend_name() == "postgres" {
+        // Both tables, month by month: hot `samples` and `samples_cold` (migration 0012).
         assert_eq!(
             created,
             [
                 "signal_samples_203105",
+                "samples_cold_203105",
                 "signal_samples_203106",
+                "samples_cold_203106",
                 "signal_samples_203107",
-                "signal_samples_203108"
+                "samples_cold_203107",
+                "signal_samples_203108",
+                "samples_cold_203108"
             ]
         );
         assert!(store.ensure_partitions(now, 2).await.unwrap().is_empty());
@@ -661,9 +669,14 @@ async fn sample_partitions_are_managed(store: Store) {
             .ingest_samples(&[sample("v1", "x", sept, 1.0)], &[])
             .await
             .unwrap();
+        // (The cold table's September is free: its default partition holds nothing then.)
         assert_eq!(
             store.ensure_partitions(now, 4).await.unwrap(),
-            ["signal_samples_203110"]
+            [
+                "samples_cold_203109",
+                "signal_samples_203110",
+                "samples_cold_203110"
+            ]
         );
     } else {
         assert!(created.is_empty());
@@ -677,17 +690,20 @@ async fn sample_partitions_are_managed(store: Store) {
         )
         .await
         .unwrap();
-    let before = store.sample_count().await.unwrap();
-    let dropped = store
-        .drop_partitions_before(Utc.with_ymd_and_hms(2031, 6, 1, 0, 0, 0).unwrap())
-        .await
-        .unwrap();
+    // May's reading moves to cold; retention drops it from there too.
+    let may_end = Utc.with_ymd_and_hms(2031, 6, 1, 0, 0, 0).unwrap();
+    let moved = store.compact_samples(may_end).await.unwrap();
     if store.backend_name() == "postgres" {
-        assert!(
-            dropped.contains(&"signal_samples_203105".to_owned()),
-            "{dropped:?}"
-        );
+        assert_eq!(moved, 1);
+    }
+    let before = store.sample_count().await.unwrap();
+    let dropped = store.drop_partitions_before(may_end).await.unwrap();
+    if store.backend_name() == "postgres" {
+        for name in ["signal_samples_203105", "samples_cold_203105"] {
+            assert!(dropped.contains(&name.to_owned()), "{dropped:?}");
+        }
         assert!(!dropped.contains(&"signal_samples_203106".to_owned()));
+        assert!(!dropped.contains(&"samples_cold_203106".to_owned()));
     }
     assert_eq!(store.sample_count().await.unwrap(), before - 1);
 }
@@ -959,4 +975,206 @@ async fn an_in_memory_sqlite_database_works_and_bad_urls_are_refused() {
     assert!(matches!(err, StoreError::BadUrl(_)));
     assert!(!err.to_string().contains("secret"));
     assert!(!err.is_transient());
+}
+
+/// Readings over three days of 2030-01 (three series), some with bodies that must be stored.
+fn history() -> Vec<NewSample> {
+    let mut out = Vec::new();
+    for h in 0..72 {
+        let at = t(h * 3600 + 7);
+        out.push(sample("v1", "odometer", at, 1000.0 + h as f64));
+        out.push(sample("v2", "odometer", at, 2000.5 + h as f64));
+        let mut loc = sample("v1", "location", at, 0.0);
+        loc.value_num = None;
+        loc.unit = None;
+        loc.body = format!(r#"{{"latitude":{h},"longitude":-{h}.5}}"#);
+        loc.source = SampleSource::Webhook;
+        out.push(loc);
+    }
+    out
+}
+
+/// Compaction moves readings and changes no answer of `signal_samples`; the watermark only goes
+/// forward, and compacting again moves nothing. SQLite: a no-op.
+async fn compaction_changes_no_answer_and_never_moves_back(store: Store) {
+    let all = history();
+    assert_eq!(
+        store.ingest_samples(&all, &[]).await.unwrap() as usize,
+        all.len()
+    );
+    let before = store.list_samples().await.unwrap();
+    let pg = store.backend_name() == "postgres";
+    assert_eq!(store.compacted_before().await.unwrap(), None);
+    // A day and a half: 36 hours of three series.
+    let moved = store.compact_samples(t(36 * 3600)).await.unwrap();
+    assert_eq!(moved, if pg { 36 * 3 } else { 0 });
+    assert_eq!(store.list_samples().await.unwrap(), before);
+    assert_eq!(store.sample_count().await.unwrap() as usize, all.len());
+    if pg {
+        assert_eq!(store.compacted_before().await.unwrap(), Some(t(36 * 3600)));
+    }
+    // Not back: an earlier `before` moves nothing and leaves the watermark.
+    assert_eq!(store.compact_samples(t(3600)).await.unwrap(), 0);
+    assert_eq!(store.compact_samples(t(36 * 3600)).await.unwrap(), 0);
+    if pg {
+        assert_eq!(store.compacted_before().await.unwrap(), Some(t(36 * 3600)));
+    }
+    // Everything, in several one-hour transactions.
+    let moved = store.compact_samples(t(100 * 3600)).await.unwrap();
+    assert_eq!(moved, if pg { 36 * 3 } else { 0 });
+    assert_eq!(store.list_samples().await.unwrap(), before);
+    if pg {
+        assert_eq!(store.compacted_before().await.unwrap(), Some(t(100 * 3600)));
+    }
+    // Sent again, below the watermark now: nothing stored twice.
+    assert_eq!(store.ingest_samples(&all, &[]).await.unwrap(), 0);
+    assert_eq!(store.list_samples().await.unwrap(), before);
+}
+
+/// A reading older than the watermark that cold already holds is not stored again, by a poll,
+/// by a group-committed poll or by a webhook (twice in one batch included); a new old reading is
+/// stored once, in cold, and reads back; a reading after the watermark still goes to hot.
+async fn an_old_reading_is_stored_once_in_cold(store: Store) {
+    let pg = store.backend_name() == "postgres";
+    let a = sample("v1", "odometer", t(0), 100.0);
+    let b = sample("v1", "odometer", t(60), 101.0);
+    assert_eq!(
+        store
+            .ingest_samples(&[a.clone(), b.clone()], &[])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store.compact_samples(t(3600)).await.unwrap(),
+        if pg { 2 } else { 0 }
+    );
+    let listed = store.list_samples().await.unwrap();
+
+    // The parked car's last reading again, as a poll (twice in one batch).
+    let mut again = a.clone();
+    again.value_num = Some(999.0);
+    again.body = r#"{"value":999}"#.into();
+    assert_eq!(
+        store
+            .ingest_samples(&[again.clone(), again.clone()], &[])
+            .await
+            .unwrap(),
+        0
+    );
+    // ... as a group-committed poll.
+    user_with_vehicles(&store, "u1", &["v1"]).await;
+    let job = claim_one(&store, t(1)).await.expect("poll job");
+    let new_old = sample("v1", "odometer", t(30), 100.5);
+    let poll = PollResult {
+        vehicle_id: "v1".into(),
+        samples: vec![a.clone(), b.clone(), new_old.clone(), new_old.clone()],
+        statuses: vec![],
+        polled_at: t(4000),
+        plan: None,
+    };
+    assert_eq!(
+        store
+            .finish_poll(&job, &poll)
+            .await
+            .unwrap()
+            .samples_inserted,
+        1
+    );
+    // ... and as a webhook.
+    let delivery = smartcar_sync::store::WebhookDelivery {
+        event_id: "e1",
+        event_type: "VEHICLE_STATE",
+        vehicle_id: Some("v1"),
+        user_id: Some("u1"),
+    };
+    let mut pushed = new_old.clone();
+    pushed.source = SampleSource::Webhook;
+    let out = store
+        .ingest_webhook_delivery(&delivery, &[pushed, again], &[], &[], t(4000))
+        .await
+        .unwrap()
+        .expect("a new delivery");
+    assert_eq!(out.samples_inserted, 0);
+
+    let now = store.list_samples().await.unwrap();
+    assert_eq!(now.len(), listed.len() + 1);
+    let stored = now
+        .iter()
+        .find(|r| r.recorded_at == t(30))
+        .expect("the new old reading");
+    assert_eq!(stored.value_num, Some(100.5));
+    // (JSONB text on PostgreSQL: a space after the colon.)
+    assert_eq!(stored.body.replace(' ', ""), r#"{"value":100.5}"#);
+    for r in &listed {
+        assert!(now.contains(r), "{r:?} unchanged");
+    }
+
+    // After the watermark: hot as before, and still stored once.
+    let fresh = sample("v1", "odometer", t(7200), 102.0);
+    assert_eq!(
+        store
+            .ingest_samples(std::slice::from_ref(&fresh), &[])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.ingest_samples(&[fresh], &[]).await.unwrap(), 0);
+    assert_eq!(
+        store.sample_count().await.unwrap() as usize,
+        listed.len() + 2
+    );
+}
+
+/// Ingest running while a backlog is compacted slice by slice (one hour per transaction): every
+/// reading ends up stored exactly once, whichever side of the moving watermark it fell on.
+async fn ingest_between_compaction_slices_loses_and_duplicates_nothing(store: Store) {
+    let all = history();
+    let (first, second) = all.split_at(all.len() / 2);
+    assert_eq!(
+        store.ingest_samples(first, &[]).await.unwrap() as usize,
+        first.len()
+    );
+    let compactor = {
+        let store = store.clone();
+        tokio::spawn(async move { store.compact_samples(t(100 * 3600)).await })
+    };
+    // The second half in small batches, each sent twice, while the compactor runs; then the
+    // first half again.
+    let writer = {
+        let store = store.clone();
+        let second = second.to_vec();
+        let first = first.to_vec();
+        tokio::spawn(async move {
+            let mut n = 0;
+            for chunk in second.chunks(5) {
+                n += store.ingest_samples(chunk, &[]).await?;
+                // Compacted right behind it (a second compactor), then sent again.
+                let last = chunk[chunk.len() - 1].recorded_at;
+                store
+                    .compact_samples(last + chrono::Duration::seconds(1))
+                    .await?;
+                n += store.ingest_samples(chunk, &[]).await?;
+                tokio::task::yield_now().await;
+            }
+            for chunk in first.chunks(7) {
+                n += store.ingest_samples(chunk, &[]).await?;
+            }
+            Ok::<u64, StoreError>(n)
+        })
+    };
+    let written = writer.await.unwrap().unwrap();
+    compactor.await.unwrap().unwrap();
+    assert_eq!(written as usize, second.len());
+    // Whatever was left hot by the race, compact it too, then check.
+    store.compact_samples(t(100 * 3600)).await.unwrap();
+    let listed = store.list_samples().await.unwrap();
+    assert_eq!(listed.len(), all.len());
+    let mut keys: Vec<_> = listed
+        .iter()
+        .map(|r| (r.vehicle_id.clone(), r.code.clone(), r.recorded_at))
+        .collect();
+    keys.dedup();
+    assert_eq!(keys.len(), all.len(), "no reading twice");
+    assert_eq!(store.sample_count().await.unwrap() as usize, all.len());
 }
