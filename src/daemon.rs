@@ -178,6 +178,7 @@ impl Daemon {
                 client: self.client.clone(),
                 allowance: self.config.allowance(),
                 subscriptions: self.config.subscriptions(),
+                wake: self.wake.clone(),
             },
             queue_settings(&self.config),
             self.wake.clone(),

@@ -48,6 +48,7 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
         .store
         .finish_sync(job, user_id, &vehicles, Utc::now())
         .await?;
+    ctx.wake_for(outcome.new_vehicles.len());
     if let Some(subs) = &ctx.subscriptions {
         reconcile(ctx, subs, user_id).await;
     }

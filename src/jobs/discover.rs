@@ -39,11 +39,13 @@ pub(super) async fn run(ctx: &JobContext, job: &Job) -> Result<Done, JobError> {
             .filter(|u| !users.contains(u))
             .collect();
         let listed: Vec<String> = listed.into_iter().collect();
-        new += ctx
+        let registered = ctx
             .store
             .discovered_page(job, &listed, pager.next_page_number(), Utc::now())
             .await?
             .len();
+        ctx.wake_for(registered);
+        new += registered;
         users.extend(listed);
     }
     // Every page is registered: completing the job adds no user.

@@ -20,6 +20,18 @@ pub struct JobContext {
     pub allowance: Option<crate::plan::Allowance>,
     /// Webhook subscriptions kept by each connections sync (`None`: not configured).
     pub subscriptions: Option<Subscriptions>,
+    /// The runner's wake-up: a job that enqueues work for now (discovery's syncs, a sync's
+    /// first polls) wakes idle workers, which would otherwise sleep until their next check.
+    pub wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl JobContext {
+    /// Wakes enough idle workers for `jobs` new jobs (each claim takes several).
+    pub fn wake_for(&self, jobs: usize) {
+        for _ in 0..jobs.div_ceil(8).min(32) {
+            self.wake.notify_one();
+        }
+    }
 }
 
 /// Where and to what the connections sync subscribes vehicles (contract §8).

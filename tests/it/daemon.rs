@@ -482,6 +482,7 @@ async fn a_failed_discovery_resumes_at_the_page_it_failed_on() {
         client,
         allowance: None,
         subscriptions: None,
+        wake: std::sync::Arc::new(tokio::sync::Notify::new()),
     };
     store
         .enqueue(JobKind::DiscoverUsers, "", chrono::Utc::now())
