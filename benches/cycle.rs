@@ -183,7 +183,7 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
     let load_before = common::load();
     let sim_cpu_before = common::own_cpu_s();
     // BENCH_DAEMON_LOG=filter: the daemon's log level, and its last lines printed after the run
-    // (BENCH_DAEMON_LOG_FILE=path keeps all of it).
+    // (BENCH_DAEMON_LOG_FILE=path keeps all of it, in path.<case>.<backend>).
     let log = std::env::var("BENCH_DAEMON_LOG")
         .ok()
         .filter(|l| !l.is_empty());
@@ -258,6 +258,10 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
     }
     // BENCH_DAEMON_LOG_FILE=path: the whole log kept there (the run's directory is removed).
     if let Some(path) = std::env::var_os("BENCH_DAEMON_LOG_FILE") {
+        let mut path = std::path::PathBuf::from(path);
+        let case_letter = case.name.chars().nth(1).unwrap_or('x');
+        path.as_mut_os_string()
+            .push(format!(".{case_letter}.{}", db.backend));
         std::fs::write(path, &stderr)?;
     }
     let calls = c.api_calls as f64;
