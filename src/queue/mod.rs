@@ -47,8 +47,8 @@ pub struct QueueSettings {
 }
 
 /// Workers per request slot (see [`QueueSettings::workers`]). Measured on the no-limit cycle
-/// bench (PostgreSQL, 32 requests in flight): 1 → 0.22 of the bound, 2 → 0.39, 4 → 0.58,
-/// 8 → 0.48 (the pool and the group commit queue then become the wait).
+/// bench (PostgreSQL, 32 requests in flight, README "Throughput against the bound"): 2 → 0.39
+/// of the bound, 4 → 0.58, 8 → 0.48 (the pool and the group commit queue then become the wait).
 pub const WORKERS_PER_REQUEST: usize = 4;
 
 /// The most jobs one claim takes (see `Runner::worker`).
