@@ -85,8 +85,10 @@ pub(crate) async fn insert_cold(
     .execute(&mut **tx)
     .await?;
     // A new statement, so a new snapshot: it sees what the lock holders before us committed.
-    let rows = sqlx::query(
-        "WITH t AS ( \
+    let rows = c
+        .bind(
+            sqlx::query(
+                "WITH t AS ( \
            SELECT DISTINCT ON (u.sid, u.r) u.* FROM ( \
              SELECT (SELECT s.series_id FROM sample_series s \
                      WHERE s.vehicle_id = t.v AND s.code = t.c) AS sid, \
@@ -108,18 +110,11 @@ pub(crate) async fn insert_cold(
          SELECT (SELECT s.vehicle_id FROM sample_series s WHERE s.series_id = ins.series_id) \
                   AS vehicle_id, count(*)::int8 AS n \
          FROM ins GROUP BY 1",
-    )
-    .bind(&c.vid)
-    .bind(&c.code)
-    .bind(&c.rec)
-    .bind(&c.val)
-    .bind(&c.unit)
-    .bind(&c.hash)
-    .bind(&c.body)
-    .bind(&c.form)
-    .bind(ingested_at)
-    .fetch_all(&mut **tx)
-    .await?;
+            ),
+            ingested_at,
+        )
+        .fetch_all(&mut **tx)
+        .await?;
     counts_by_vehicle(&rows)
 }
 

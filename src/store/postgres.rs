@@ -108,7 +108,24 @@ pub(crate) struct Columns<'a> {
     pub form: Vec<i16>,
 }
 
+/// A statement taking a sample batch as `$1`…`$9` (see [`Columns::bind`]).
+pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
 impl<'a> Columns<'a> {
+    /// Binds the columns as `$1`…`$8` (vehicle, code, recorded_at, value, unit, body hash, body,
+    /// form) and `ingested_at` as `$9`: the parameters of every sample insert.
+    pub fn bind<'q>(&'q self, q: PgQuery<'q>, ingested_at: DateTime<Utc>) -> PgQuery<'q> {
+        q.bind(&self.vid)
+            .bind(&self.code)
+            .bind(&self.rec)
+            .bind(&self.val)
+            .bind(&self.unit)
+            .bind(&self.hash)
+            .bind(&self.body)
+            .bind(&self.form)
+            .bind(ingested_at)
+    }
+
     pub fn new(samples: impl ExactSizeIterator<Item = &'a NewSample>) -> Columns<'a> {
         let n = samples.len();
         let mut c = Columns {
@@ -144,8 +161,10 @@ async fn insert_hot(
     c: &Columns<'_>,
     ingested_at: DateTime<Utc>,
 ) -> Result<HashMap<String, u64>, StoreError> {
-    let rows = sqlx::query(
-        "WITH ins AS (INSERT INTO samples \
+    let rows = c
+        .bind(
+            sqlx::query(
+                "WITH ins AS (INSERT INTO samples \
            (recorded_at, value_num, ingested_at, series_id, body_id, unit_id, form) \
            SELECT t.r, t.n, $9, \
                   (SELECT s.series_id FROM sample_series s \
@@ -160,18 +179,11 @@ async fn insert_hot(
          SELECT (SELECT s.vehicle_id FROM sample_series s WHERE s.series_id = ins.series_id) \
                   AS vehicle_id, count(*)::int8 AS n \
          FROM ins GROUP BY 1",
-    )
-    .bind(&c.vid)
-    .bind(&c.code)
-    .bind(&c.rec)
-    .bind(&c.val)
-    .bind(&c.unit)
-    .bind(&c.hash)
-    .bind(&c.body)
-    .bind(&c.form)
-    .bind(ingested_at)
-    .fetch_all(&mut **tx)
-    .await?;
+            ),
+            ingested_at,
+        )
+        .fetch_all(&mut **tx)
+        .await?;
     counts_by_vehicle(&rows)
 }
 
