@@ -6,6 +6,7 @@
 //! - `queue.rs`: the job lifecycle (enqueue, claim, lease, release, retry, kill, complete);
 //! - `effects.rs`: a job's effect committed with its completion (`finish_*`); `group.rs`: a
 //!   poll's (`finish_poll`), committed together with the other polls finishing at that moment;
+//!   `reserve.rs`: the allowance's "count this call before it is sent", grouped the same way;
 //! - `samples.rs`: the time series (ingest, read back); `compact.rs`: how a sample is stored in
 //!   few bytes (migration 0008) without losing a byte of it; `cold.rs`: PostgreSQL's hot and
 //!   cold tables (migration 0012), which reading goes where and how old ones move;
