@@ -360,6 +360,17 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
         &format!("≤ {}", case.concurrency),
         c.api_concurrent_peak <= case.concurrency as u64,
     );
+    // Where the bound is lost: time the calls spent in the simulator (its latency, rounded up
+    // to the timer's millisecond, plus handling) against the time the daemon left slots idle.
+    let busy_s = c.api_busy_us as f64 / 1e6;
+    t.info(
+        "mean time a call spends in the simulator (latency included)",
+        format!("{:.2} ms", busy_s * 1000.0 / calls.max(1.0)),
+    );
+    t.info(
+        "mean requests in flight at the simulator (busy time ÷ cycle time)",
+        format!("{:.1} of {}", busy_s / cycle_s.max(1e-9), case.concurrency),
+    );
     if !timeline.is_empty() {
         let cells: Vec<String> = timeline.iter().map(u64::to_string).collect();
         t.info("calls per second, second by second", cells.join(" "));

@@ -49,7 +49,7 @@ pub struct QueueSettings {
 /// Workers per request slot (see [`QueueSettings::workers`]). Measured on the no-limit cycle
 /// bench (PostgreSQL, 32 requests in flight, README "Throughput against the bound"): 2 → 0.39
 /// of the bound, 4 → 0.58, 8 → 0.48 (the pool and the group commit queue then become the wait).
-pub const WORKERS_PER_REQUEST: usize = 4;
+pub const WORKERS_PER_REQUEST: usize = 8;
 
 /// The most jobs one claim takes (see `Runner::worker`).
 const CLAIM_BATCH: usize = 8;
@@ -169,6 +169,18 @@ impl Runner {
         while !shutdown.is_cancelled() {
             if let Some(job) = self.take_ready() {
                 self.run_counted(job, &abandon).await;
+                continue;
+            }
+            // Backpressure: while a full round of requests waits for a slot, a job claimed now
+            // would only wait behind them, its lease held, where another daemon sharing the
+            // database could have run it.
+            if self.ctx.client.requests_backlogged() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.ctx.client.request_slot_taken() => {}
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.settings.idle_poll) => {}
+                }
                 continue;
             }
             let now = Utc::now();
@@ -393,7 +405,20 @@ impl Runner {
     }
 
     async fn retry_or_kill(&self, job: &Job, error: &str, request_id: Option<&str>) -> JobOutcome {
-        let failures = job.attempts.max(0) as u32;
+        // Failures since the job last made progress: discovery, the one job that records
+        // progress (page by page), may have reset its count since the claim.
+        let attempts = match job.kind {
+            JobKind::DiscoverUsers => self
+                .ctx
+                .store
+                .attempts_now(job)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(job.attempts),
+            _ => job.attempts,
+        };
+        let failures = attempts.max(0) as u32;
         if !self.settings.retry.may_retry(failures) {
             tracing::error!(
                 error,

@@ -80,6 +80,12 @@ struct Inner {
     budget: Option<Arc<Budget>>,
     /// Permits for requests in flight ([`ClientConfig::max_in_flight`]).
     in_flight: Option<tokio::sync::Semaphore>,
+    /// Requests waiting for one of those permits, and a wake-up each time one gets it: the
+    /// queue claims no more jobs while a full round already waits (see `queue::Runner`).
+    waiting: std::sync::atomic::AtomicUsize,
+    slot_taken: tokio::sync::Notify,
+    /// [`ClientConfig::max_in_flight`].
+    slots: usize,
     /// Epoch ms until which the whole application is paused (a 429 `SMARTCAR_API`). Checked
     /// after waiting for the limiter, right before sending, so no call leaves early.
     paused_until_ms: AtomicI64,
@@ -90,6 +96,24 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("api_url", &self.inner.api_url.as_str())
             .finish_non_exhaustive()
+    }
+}
+
+/// Counts a request waiting for a slot while it lives (a cancelled wait included); when it ends,
+/// a backlogged queue is told.
+struct WaitingForSlot<'a>(&'a Inner);
+
+impl<'a> WaitingForSlot<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.waiting.fetch_add(1, Ordering::Relaxed);
+        WaitingForSlot(inner)
+    }
+}
+
+impl Drop for WaitingForSlot<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.slot_taken.notify_one();
     }
 }
 
@@ -129,6 +153,9 @@ impl Client {
                 budget: rate_limit.map(Budget::new),
                 in_flight: (config.max_in_flight > 0)
                     .then(|| tokio::sync::Semaphore::new(config.max_in_flight)),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
+                slot_taken: tokio::sync::Notify::new(),
+                slots: config.max_in_flight,
                 paused_until_ms: AtomicI64::new(0),
             }),
         })
@@ -136,6 +163,19 @@ impl Client {
 
     pub fn tokens(&self) -> &TokenProvider {
         &self.inner.tokens
+    }
+
+    /// Whether a full round of requests (as many as may be in flight) already waits for a
+    /// slot: jobs claimed now would only wait behind them. Never true without a cap.
+    pub fn requests_backlogged(&self) -> bool {
+        let inner = &*self.inner;
+        inner.in_flight.is_some() && inner.waiting.load(Ordering::Relaxed) >= inner.slots.max(1)
+    }
+
+    /// Resolves when a waiting request gets its slot (or at once if one did since the last
+    /// call): the backlog may have shrunk.
+    pub async fn request_slot_taken(&self) {
+        self.inner.slot_taken.notified().await;
     }
 
     /// The shared rate budget this client keeps to (`None`: `requests_per_minute = 0`).
@@ -377,7 +417,12 @@ impl Client {
             // Held until the answer's body is read (dropped at the end of this iteration).
             // (The semaphore is never closed, so `acquire` cannot fail.)
             let _slot = match &inner.in_flight {
-                Some(s) => s.acquire().await.ok(),
+                Some(s) => {
+                    let waiting = WaitingForSlot::new(inner);
+                    let permit = s.acquire().await.ok();
+                    drop(waiting);
+                    permit
+                }
                 None => None,
             };
             if let Some(budget) = &inner.budget {

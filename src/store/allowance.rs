@@ -70,7 +70,7 @@ impl Tx {
                fingerprint = excluded.fingerprint, interval_ms = excluded.interval_ms, \
                next_poll_at = excluded.next_poll_at, updated_at = excluded.updated_at";
         match self {
-            Tx::Sqlite(_) => {
+            Tx::Sqlite(..) => {
                 let rows: Vec<(&str, &str, &str, i64, String)> = plans
                     .iter()
                     .map(|p| {

@@ -37,6 +37,7 @@ impl Store {
 
         let mut tx = self.pool.begin().await?;
         let backend = tx.backend();
+        tx.plan_per_execution().await?;
         tx.complete_fenced(job, now).await?;
 
         let existing_sql = format!(

@@ -460,20 +460,20 @@ impl Store {
             } else {
                 po.max_connections(opts.max_connections.max(1))
             };
-            Pool::Sqlite(po.connect_with(co).await?)
+            Pool::Sqlite(
+                po.connect_with(co).await?,
+                db::WriteGate::new(opts.acquire_timeout),
+            )
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let timeout_ms = opts.statement_timeout.as_millis().max(1);
             let co = PgConnectOptions::from_str(url)
                 .map_err(|e| StoreError::BadUrl(format!("PostgreSQL URL does not parse: {e}")))?
                 .application_name("smartcar-sync")
-                .options([
-                    ("statement_timeout", format!("{timeout_ms}ms")),
-                    // Plan every execution with its parameters. A prepared statement's generic
-                    // plan is fixed while its tables are still small (a first sync fills them
-                    // from empty within seconds), and a sequential scan planned over an empty
-                    // `vehicles` then ran over ten thousand rows for the rest of the cycle.
-                    ("plan_cache_mode", "force_custom_plan".to_owned()),
-                ]);
+                // Prepared statements keep PostgreSQL's default plan caching: planning every
+                // execution with its parameters (`force_custom_plan`) cost 2.7 s of the
+                // database's 10 s of CPU in the no-limit cycle bench. The one statement a
+                // generic plan hurt is planned per execution (see `Tx::plan_per_execution`).
+                .options([("statement_timeout", format!("{timeout_ms}ms"))]);
             let pool = PgPoolOptions::new()
                 .max_connections(opts.max_connections.max(1))
                 .acquire_timeout(opts.acquire_timeout)
@@ -522,7 +522,7 @@ impl Store {
             // sqlx takes no migration lock on SQLite: two processes starting at once (`run`
             // and `status`, say) can both try version N, and the loser fails on "already
             // exists". Its retry finds N applied and moves on.
-            Pool::Sqlite(p) => {
+            Pool::Sqlite(p, _) => {
                 let mut tries = 0;
                 loop {
                     match migrate::sqlite(version).await?.run(p).await {
@@ -552,7 +552,7 @@ impl Store {
     /// Closes the pool, waiting for checked-out connections to come back (shutdown).
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(p) => p.close().await,
+            Pool::Sqlite(p, _) => p.close().await,
             Pool::Postgres(p) => p.close().await,
         }
     }
@@ -567,7 +567,7 @@ impl Store {
         months_ahead: u32,
     ) -> Result<Vec<String>, StoreError> {
         match &self.pool {
-            Pool::Sqlite(_) => Ok(Vec::new()),
+            Pool::Sqlite(..) => Ok(Vec::new()),
             Pool::Postgres(p) => postgres::ensure_partitions(p, now, months_ahead).await,
         }
     }
@@ -580,7 +580,7 @@ impl Store {
         cutoff: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
         match &self.pool {
-            Pool::Sqlite(p) => {
+            Pool::Sqlite(p, _) => {
                 sqlite::delete_samples_before(p, cutoff).await?;
                 Ok(Vec::new())
             }

@@ -95,7 +95,7 @@ impl Tx {
             return Ok(HashSet::new());
         }
         let rows: Vec<(i64, String)> = match self {
-            Tx::Sqlite(t) => {
+            Tx::Sqlite(t, _) => {
                 let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                     "UPDATE jobs SET state = 'done', lease_until = NULL, finished_at = ",
                 );
@@ -144,7 +144,11 @@ impl Tx {
     /// part of its effect before it completes: discovery, page by page).
     ///
     /// `progress` records where the job got to (discovery: the next page), kept across
-    /// retries so the next attempt resumes there; `None` leaves it as it is.
+    /// retries so the next attempt resumes there; `None` leaves it as it is. Progress also
+    /// resets the job's `attempts`: they count the failures since the job last got anywhere.
+    /// A discovery of thousands of pages meets a 5xx every fifty pages at 2 % faults; counted
+    /// over the whole paging, its attempts would run out (and its backoff grow to the maximum)
+    /// although every attempt moved it forward.
     pub(crate) async fn hold_fenced(
         &mut self,
         job: &Job,
@@ -154,7 +158,8 @@ impl Tx {
         let n = self
             .exec(
                 concat!(
-                    "UPDATE jobs SET updated_at = $1, progress = COALESCE($4, progress)",
+                    "UPDATE jobs SET updated_at = $1, progress = COALESCE($4, progress), \
+                     attempts = CASE WHEN $4 IS NULL THEN attempts ELSE 0 END",
                     fenced!("$2", "$3")
                 ),
                 args![now, job.id, job.lease_owner.as_str(), progress],
@@ -445,6 +450,20 @@ impl Store {
             )
             .await?;
         fence(job, n)
+    }
+
+    /// The failures a claimed job has had since it last made progress (see
+    /// [`Tx::hold_fenced`]): its `attempts` now, which a progressing job resets after its
+    /// claim; `None` if the claim no longer holds.
+    pub async fn attempts_now(&self, job: &Job) -> Result<Option<i32>, StoreError> {
+        self.pool
+            .opt(
+                concat!("SELECT attempts FROM jobs", fenced!("$1", "$2")),
+                args![job.id, job.lease_owner.as_str()],
+            )
+            .await?
+            .map(|r| Ok(i32::try_from(r.int("attempts")?).unwrap_or(i32::MAX)))
+            .transpose()
     }
 
     /// Gives up on a job: dead (kept for inspection), attempts + 1, the error recorded.

@@ -166,7 +166,7 @@ async fn counts(pool: &Pool, batch: &[Request], limit: i64) -> Result<Counted, S
          SET calls = vehicle_calls.calls + 1 WHERE vehicle_calls.calls < $2 \
          RETURNING vehicle_id, period_start, calls";
     let rows = match pool {
-        Pool::Sqlite(_) => {
+        Pool::Sqlite(..) => {
             let rows: Vec<(&str, String)> = batch
                 .iter()
                 .map(|r| (r.vehicle_id.as_str(), super::time::to_text(r.period_start)))

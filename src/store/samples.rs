@@ -53,7 +53,7 @@ impl Tx {
     ) -> Result<HashMap<String, u64>, StoreError> {
         let statuses = dedup_statuses(statuses);
         let inserted = match self {
-            Tx::Sqlite(t) => {
+            Tx::Sqlite(t, _) => {
                 let n = sqlite::insert_samples(t, samples, now).await?;
                 sqlite::upsert_statuses(t, &statuses).await?;
                 n
@@ -132,7 +132,7 @@ impl Store {
     /// transaction; see `cold.rs`. Returns the readings moved. SQLite: nothing to do, 0.
     pub async fn compact_samples(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         match &self.pool {
-            Pool::Sqlite(_) => Ok(0),
+            Pool::Sqlite(..) => Ok(0),
             Pool::Postgres(p) => cold::compact(p, before).await,
         }
     }
@@ -141,7 +141,7 @@ impl Store {
     /// before the first compaction.
     pub async fn compacted_before(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         match &self.pool {
-            Pool::Sqlite(_) => Ok(None),
+            Pool::Sqlite(..) => Ok(None),
             Pool::Postgres(p) => cold::watermark(p).await,
         }
     }

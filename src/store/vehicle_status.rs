@@ -101,7 +101,7 @@ impl Tx {
         polls: &[&PollResult],
     ) -> Result<(), StoreError> {
         match self {
-            Tx::Sqlite(_) => {
+            Tx::Sqlite(..) => {
                 // [[vehicle_id, polled_at], …] in one UPDATE … FROM json_each.
                 let rows: Vec<(&str, String)> = polls
                     .iter()

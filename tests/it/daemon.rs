@@ -523,3 +523,29 @@ async fn a_failed_discovery_resumes_at_the_page_it_failed_on() {
     sim.shutdown().await;
     db.cleanup().await;
 }
+
+/// A job's attempts count its failures since it last made progress. A discovery whose every
+/// other page fails meets ten failures in twenty pages, but each attempt registers a page
+/// before it fails: with three attempts allowed it still finishes, and discovers everyone.
+#[tokio::test]
+async fn a_discovery_failing_every_other_page_finishes_because_every_attempt_moves_it_on() {
+    for db in support::databases().await {
+        let b = db.backend;
+        let sim = support::simulator(fleet(2_000, 1)).await;
+        sim.fail_every_nth_app_connections_page(2);
+        let mut config = support::config(&sim, &db.url);
+        config.queue.max_attempts = 3;
+        let (daemon, report) = cycle(config).await;
+        let c = sim.counters();
+        assert!(
+            c.injected_errors >= 9,
+            "{b}: a page failed after each page fetched: {c:?}"
+        );
+        assert_eq!(report.dead, 0, "{b}: {report:?}");
+        let users = daemon.store().list_users().await.unwrap();
+        assert_eq!(users.len(), 2_000, "{b}: every user discovered");
+        daemon.store().close().await;
+        sim.shutdown().await;
+        db.cleanup().await;
+    }
+}

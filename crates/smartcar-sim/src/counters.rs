@@ -15,6 +15,10 @@ pub struct CounterSnapshot {
     pub api_calls: u64,
     /// Most non-token calls in flight at once (a client's concurrency cap shows here).
     pub api_concurrent_peak: u64,
+    /// The time non-token calls spent in the simulator, summed over calls, in microseconds
+    /// (from the request read to the response built, the configured latency included). Divided
+    /// by a run's length it is the mean number of calls in flight at the simulator.
+    pub api_busy_us: u64,
     pub connections_calls: u64,
     pub vehicle_calls: u64,
     pub signals_calls: u64,
@@ -48,6 +52,7 @@ pub(crate) struct Counters {
     pub api_calls: AtomicU64,
     pub api_in_flight: AtomicU64,
     pub api_concurrent_peak: AtomicU64,
+    pub api_busy_us: AtomicU64,
     pub connections_calls: AtomicU64,
     pub vehicle_calls: AtomicU64,
     pub signals_calls: AtomicU64,
@@ -90,11 +95,15 @@ impl Counters {
         TokenGuard(&self.token_in_flight)
     }
 
-    /// Marks an API call in flight; the guard ends it (also when the request is dropped).
-    pub(crate) fn api_start(&self) -> TokenGuard<'_> {
+    /// Marks an API call in flight; the guard ends it and adds its time to `api_busy_us` (also
+    /// when the request is dropped).
+    pub(crate) fn api_start(&self) -> ApiGuard<'_> {
         let now = self.api_in_flight.fetch_add(1, Relaxed) + 1;
         self.api_concurrent_peak.fetch_max(now, Relaxed);
-        TokenGuard(&self.api_in_flight)
+        ApiGuard {
+            counters: self,
+            started: std::time::Instant::now(),
+        }
     }
 
     pub(crate) fn snapshot(&self) -> CounterSnapshot {
@@ -105,6 +114,7 @@ impl Counters {
             token_concurrent_peak: g(&self.token_concurrent_peak),
             api_calls: g(&self.api_calls),
             api_concurrent_peak: g(&self.api_concurrent_peak),
+            api_busy_us: g(&self.api_busy_us),
             connections_calls: g(&self.connections_calls),
             vehicle_calls: g(&self.vehicle_calls),
             signals_calls: g(&self.signals_calls),
@@ -137,6 +147,7 @@ impl Counters {
             &self.token_concurrent_peak,
             &self.api_calls,
             &self.api_concurrent_peak,
+            &self.api_busy_us,
             &self.connections_calls,
             &self.vehicle_calls,
             &self.signals_calls,
@@ -164,5 +175,19 @@ pub(crate) struct TokenGuard<'a>(&'a AtomicU64);
 impl Drop for TokenGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Ends an API call's in-flight mark and counts its time when dropped.
+pub(crate) struct ApiGuard<'a> {
+    counters: &'a Counters,
+    started: std::time::Instant,
+}
+
+impl Drop for ApiGuard<'_> {
+    fn drop(&mut self) {
+        let us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.counters.api_busy_us.fetch_add(us, Relaxed);
+        self.counters.api_in_flight.fetch_sub(1, Relaxed);
     }
 }

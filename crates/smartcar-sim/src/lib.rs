@@ -30,6 +30,7 @@
 mod cli;
 mod config;
 mod counters;
+mod delay;
 mod errors;
 mod fleet;
 mod ids;
@@ -220,6 +221,13 @@ impl Simulator {
     /// RESOURCE_NOT_FOUND, as an expired cursor would; later ones answer normally.
     pub fn fail_next_signal_pages(&self, n: u64) {
         self.inner.fail_continuation_pages(n);
+    }
+
+    /// From now on every `n`-th application-wide `/connections` page (no user or vehicle
+    /// filter: a discovery's paging) answers 500, deterministically; 0 turns it off. A client
+    /// paging through them meets a failure every `n` pages.
+    pub fn fail_every_nth_app_connections_page(&self, n: u64) {
+        self.inner.fail_every_nth_app_page(n);
     }
 
     pub fn set_faults(&self, faults: Faults) {

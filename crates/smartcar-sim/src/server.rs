@@ -97,7 +97,7 @@ async fn gate(
         _ => {}
     }
     if !s.latency.is_zero() {
-        tokio::time::sleep(s.latency).await;
+        s.delays.until(Instant::now() + s.latency).await;
     }
 
     let token = req
@@ -325,6 +325,10 @@ async fn list_connections(
         .map(String::as_str)
         .or_else(|| header_str(&headers, "sc-user-id"));
     let vehicle_filter = p.get("filter[vehicleId]").map(String::as_str);
+    if user_filter.is_none() && vehicle_filter.is_none() && s.take_app_page_failure() {
+        inc(&s.counters.injected_errors);
+        return error(&s, &rid, ApiError::server(500));
+    }
     let start = (number - 1).saturating_mul(size);
 
     let (data, total) = {

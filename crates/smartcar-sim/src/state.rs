@@ -10,6 +10,7 @@ use super::config::{
     Behaviour, Faults, RetryAfterForm, SimConfig, TimestampFormat, Variants, VehicleAllowance,
 };
 use super::counters::Counters;
+use super::delay::Delays;
 use super::fleet::{Fleet, VehicleView};
 use super::ids::{self, TAG_REQUEST};
 use super::limits::{AppLimiter, VehicleThrottle};
@@ -25,6 +26,8 @@ pub(crate) struct Inner {
     pub token_lifetime: Duration,
     pub period_ms: i64,
     pub latency: Duration,
+    /// Waits out `latency` to the microsecond (see `delay.rs`).
+    pub delays: Delays,
     pub vehicle_min_interval: Option<Duration>,
     pub variants: Variants,
     pub record_served: bool,
@@ -47,6 +50,10 @@ pub(crate) struct Inner {
     /// Continuation pages of `/signals` still to be failed with 404 (see
     /// `Simulator::fail_next_signal_pages`).
     continuation_failures: AtomicU64,
+    /// Every how many application-wide `/connections` pages one answers 500 (0: none), and
+    /// the count of such pages so far (see `Simulator::fail_every_nth_app_connections_page`).
+    app_page_failure_every: AtomicU64,
+    app_pages: AtomicU64,
     request_seq: AtomicU64,
     request_salt: u64,
 }
@@ -85,6 +92,7 @@ impl Inner {
             token_lifetime: c.token_lifetime,
             period_ms: (c.update_period.as_millis() as i64).max(1),
             latency: c.latency,
+            delays: Delays::new(),
             vehicle_min_interval: c.vehicle_min_interval,
             variants: c.variants,
             record_served: c.record_served,
@@ -115,6 +123,8 @@ impl Inner {
             served: Mutex::new(ServedLog::default()),
             counters: Counters::default(),
             continuation_failures: AtomicU64::new(0),
+            app_page_failure_every: AtomicU64::new(0),
+            app_pages: AtomicU64::new(0),
             request_seq: AtomicU64::new(0),
             request_salt: fastrand::u64(..),
         }
@@ -173,6 +183,18 @@ impl Inner {
         self.continuation_failures
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
+    }
+
+    /// Every `n`-th application-wide connections page from now on answers 500 (0: none).
+    pub(crate) fn fail_every_nth_app_page(&self, n: u64) {
+        self.app_pages.store(0, Ordering::SeqCst);
+        self.app_page_failure_every.store(n, Ordering::SeqCst);
+    }
+
+    /// Counts an application-wide connections page; whether it must fail.
+    pub(crate) fn take_app_page_failure(&self) -> bool {
+        let every = self.app_page_failure_every.load(Ordering::SeqCst);
+        every > 0 && (self.app_pages.fetch_add(1, Ordering::SeqCst) + 1) % every == 0
     }
 
     /// Records served readings (when enabled) at the precision of `fmt`.
