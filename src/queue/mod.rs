@@ -47,8 +47,10 @@ pub struct QueueSettings {
 }
 
 /// Workers per request slot (see [`QueueSettings::workers`]). Measured on the no-limit cycle
-/// bench (PostgreSQL, 32 requests in flight, README "Throughput against the bound"): 2 → 0.39
-/// of the bound, 4 → 0.58, 8 → 0.48 (the pool and the group commit queue then become the wait).
+/// bench (32 requests in flight, README "Throughput against the bound"): on PostgreSQL, before
+/// the write gate and plan caching, 2 → 0.39 of the bound, 4 → 0.58, 8 → 0.48; after them,
+/// 4 → 0.84 (SQLite 0.78–0.79) and 8 → 0.85 (SQLite 0.84–0.86). The queue claims nothing while
+/// a full round of requests waits for a slot, so more workers do not hoard jobs.
 pub const WORKERS_PER_REQUEST: usize = 8;
 
 /// The most jobs one claim takes (see `Runner::worker`).
