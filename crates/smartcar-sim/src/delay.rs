@@ -42,9 +42,12 @@ impl Ord for Due {
     }
 }
 
+/// A deadline and whom to tell when it has come.
+type Request = (Instant, oneshot::Sender<()>);
+
 /// The delay thread's inbox; the thread ends when this is dropped and nothing is left due.
 pub(crate) struct Delays {
-    tx: Mutex<Option<mpsc::Sender<(Instant, oneshot::Sender<()>)>>>,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
 }
 
 impl Delays {
@@ -73,7 +76,7 @@ impl Delays {
     }
 }
 
-fn start() -> mpsc::Sender<(Instant, oneshot::Sender<()>)> {
+fn start() -> mpsc::Sender<Request> {
     let (tx, rx) = mpsc::channel();
     // If the thread cannot start, `rx` is dropped with the closure and every send fails:
     // `until` falls back to the runtime's timer.
@@ -83,7 +86,7 @@ fn start() -> mpsc::Sender<(Instant, oneshot::Sender<()>)> {
     tx
 }
 
-fn run(rx: &mpsc::Receiver<(Instant, oneshot::Sender<()>)>) {
+fn run(rx: &mpsc::Receiver<Request>) {
     let mut heap: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut open = true;
