@@ -182,6 +182,7 @@ impl Store {
         }
         let now = Utc::now();
         let mut tx = self.pool.begin().await?;
+        tx.plan_per_execution().await?;
         let jobs: Vec<&Job> = batch.iter().map(|r| &r.job).collect();
         let done = tx.complete_fenced_many(&jobs, now).await?;
         let kept: Vec<&Request> = batch
@@ -219,6 +220,7 @@ impl Store {
     async fn commit_one(&self, job: &Job, poll: &PollResult) -> Result<PollOutcome, StoreError> {
         let now = Utc::now();
         let mut tx = self.pool.begin().await?;
+        tx.plan_per_execution().await?;
         tx.complete_fenced(job, now).await?;
         let samples_inserted = tx.ingest(&poll.samples, &poll.statuses, now).await?;
         tx.mark_polled(&poll.vehicle_id, poll.polled_at).await?;

@@ -471,8 +471,8 @@ impl Store {
                 .application_name("smartcar-sync")
                 // Prepared statements keep PostgreSQL's default plan caching: planning every
                 // execution with its parameters (`force_custom_plan`) cost 2.7 s of the
-                // database's 10 s of CPU in the no-limit cycle bench. The one statement a
-                // generic plan hurt is planned per execution (see `Tx::plan_per_execution`).
+                // database's 10 s of CPU in the no-limit cycle bench. The transactions a
+                // generic plan hurt plan per execution (see `Tx::plan_per_execution`).
                 .options([("statement_timeout", format!("{timeout_ms}ms"))]);
             let pool = PgPoolOptions::new()
                 .max_connections(opts.max_connections.max(1))
