@@ -49,47 +49,59 @@ pub(crate) async fn insert_samples(
     Ok(inserted)
 }
 
-/// The series, units and bodies of `chunk` that are not stored yet.
+/// The series, units and bodies of `chunk` that are not stored yet. Each list travels as one
+/// JSON array read with `json_each`, so each statement is one text whatever the count, prepared
+/// once per connection (a multi-row VALUES is a new statement for every row count). Only text
+/// and integers travel as JSON: a reading's value, a float, is always bound as itself.
 async fn insert_dictionaries(
     tx: &mut Transaction<'static, Sqlite>,
     chunk: &[NewSample],
     forms: &[i16],
 ) -> Result<(), StoreError> {
-    let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO sample_series (vehicle_id, code) ");
-    qb.push_values(chunk, |mut b, s| {
-        b.push_bind(s.vehicle_id.as_str())
-            .push_bind(s.code.as_str());
-    });
-    qb.push(" ON CONFLICT DO NOTHING");
-    qb.build().execute(&mut **tx).await?;
+    let series: Vec<(&str, &str)> = chunk
+        .iter()
+        .map(|s| (s.vehicle_id.as_str(), s.code.as_str()))
+        .collect();
+    sqlx::query(
+        "INSERT INTO sample_series (vehicle_id, code) \
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1) \
+         WHERE true ON CONFLICT DO NOTHING",
+    )
+    .bind(as_json(&series)?)
+    .execute(&mut **tx)
+    .await?;
     let units: Vec<&str> = chunk.iter().filter_map(|s| s.unit.as_deref()).collect();
     if !units.is_empty() {
-        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO sample_units (unit) ");
-        qb.push_values(&units, |mut b, u| {
-            b.push_bind(*u);
-        });
-        qb.push(" ON CONFLICT DO NOTHING");
-        qb.build().execute(&mut **tx).await?;
+        sqlx::query(
+            "INSERT INTO sample_units (unit) SELECT value FROM json_each($1) \
+             WHERE true ON CONFLICT DO NOTHING",
+        )
+        .bind(as_json(&units)?)
+        .execute(&mut **tx)
+        .await?;
     }
-    let bodies: Vec<&NewSample> = chunk
+    let bodies: Vec<(i64, &str)> = chunk
         .iter()
         .zip(forms)
         .filter(|(_, f)| compact::body_stored(**f))
-        .map(|(s, _)| s)
+        .map(|(s, _)| (compact::body_hash(&s.body), s.body.as_str()))
         .collect();
     if !bodies.is_empty() {
-        let mut qb = QueryBuilder::<Sqlite>::new("WITH t(h, b) AS (");
-        qb.push_values(&bodies, |mut b, s| {
-            b.push_bind(compact::body_hash(&s.body))
-                .push_bind(s.body.as_str());
-        });
-        qb.push(
-            ") INSERT INTO sample_bodies (hash, body) SELECT DISTINCT h, b FROM t \
+        sqlx::query(
+            "WITH t(h, b) AS (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') \
+                              FROM json_each($1)) \
+             INSERT INTO sample_bodies (hash, body) SELECT DISTINCT h, b FROM t \
              WHERE NOT EXISTS (SELECT 1 FROM sample_bodies x WHERE x.hash = t.h AND x.body = t.b)",
-        );
-        qb.build().execute(&mut **tx).await?;
+        )
+        .bind(as_json(&bodies)?)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
+}
+
+fn as_json(v: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("list as JSON: {e}")))
 }
 
 /// One multi-row INSERT into `samples` (dictionaries already there).
