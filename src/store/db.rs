@@ -128,14 +128,22 @@ impl WriteGate {
             _ => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
         }
     }
-}
 
-/// Whether a statement only reads: it begins with SELECT. Everything else (an UPDATE …
-/// RETURNING read with `all`, say) takes the [`WriteGate`] on SQLite.
-fn reads_only(sql: &str) -> bool {
-    sql.trim_start()
-        .get(..6)
-        .is_some_and(|w| w.eq_ignore_ascii_case("select"))
+    /// The gate for a statement that may write: every statement but one that begins with
+    /// SELECT (an UPDATE … RETURNING read with `all` writes).
+    async fn enter_unless_reading(
+        &self,
+        sql: &str,
+    ) -> Result<Option<OwnedSemaphorePermit>, StoreError> {
+        let reads_only = sql
+            .trim_start()
+            .get(..6)
+            .is_some_and(|w| w.eq_ignore_ascii_case("select"));
+        Ok(match reads_only {
+            true => None,
+            false => Some(self.enter().await?),
+        })
+    }
 }
 
 /// One bound value.
@@ -253,10 +261,7 @@ impl Pool {
     pub(crate) async fn all(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
         Ok(match self {
             Pool::Sqlite(p, gate) => {
-                let _writing = match reads_only(sql) {
-                    true => None,
-                    false => Some(gate.enter().await?),
-                };
+                let _writing = gate.enter_unless_reading(sql).await?;
                 sqlite_query(sql, args)?
                     .fetch_all(p)
                     .await?
@@ -276,10 +281,7 @@ impl Pool {
     pub(crate) async fn opt(&self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Row>, StoreError> {
         Ok(match self {
             Pool::Sqlite(p, gate) => {
-                let _writing = match reads_only(sql) {
-                    true => None,
-                    false => Some(gate.enter().await?),
-                };
+                let _writing = gate.enter_unless_reading(sql).await?;
                 sqlite_query(sql, args)?
                     .fetch_optional(p)
                     .await?
@@ -432,5 +434,63 @@ impl Row {
     pub(crate) fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
         self.opt_time(col)?
             .ok_or_else(|| StoreError::Corrupt(format!("column {col} is NULL")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::store::{Store, StoreOptions};
+
+    /// SQLite: a write transaction holds the write gate until it ends. Another writer of the
+    /// process waits for the gate (and fails transiently if it waits past the acquire timeout);
+    /// a reader never waits for it.
+    #[tokio::test]
+    async fn sqlite_writers_wait_for_the_gate_and_readers_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("gate.db").display());
+        let opts = StoreOptions {
+            acquire_timeout: Duration::from_millis(300),
+            ..StoreOptions::default()
+        };
+        let store = Store::connect(&url, &opts).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool.clone();
+
+        let tx = pool.begin().await.unwrap();
+        let read = pool.opt("SELECT count(*) AS n FROM jobs", args![]).await;
+        assert!(read.is_ok(), "a reader passes an open write transaction");
+        let started = std::time::Instant::now();
+        let write = pool
+            .exec("UPDATE jobs SET attempts = attempts WHERE id = 0", args![])
+            .await;
+        let err = write.expect_err("the writer waits for the gate, then gives up");
+        assert!(err.is_transient(), "{err}");
+        // The gate's wait (300 ms), not SQLite's busy handler (5 s): the writer queued here.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        let returning = pool
+            .all(
+                "UPDATE jobs SET attempts = 0 WHERE id = 0 RETURNING id",
+                args![],
+            )
+            .await;
+        assert!(
+            returning.is_err(),
+            "a RETURNING write read with `all` takes the gate too"
+        );
+
+        // Once the transaction ends, the next writer goes through at once.
+        tx.commit().await.unwrap();
+        let started = std::time::Instant::now();
+        pool.exec("UPDATE jobs SET attempts = attempts WHERE id = 0", args![])
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(300));
+        store.close().await;
     }
 }
