@@ -28,7 +28,7 @@ pub struct JobContext {
 impl JobContext {
     /// Wakes enough idle workers for `jobs` new jobs (each claim takes several).
     pub fn wake_for(&self, jobs: usize) {
-        for _ in 0..jobs.div_ceil(8).min(32) {
+        for _ in 0..jobs.div_ceil(crate::queue::CLAIM_BATCH).min(32) {
             self.wake.notify_one();
         }
     }

@@ -54,7 +54,7 @@ pub struct QueueSettings {
 pub const WORKERS_PER_REQUEST: usize = 8;
 
 /// The most jobs one claim takes (see `Runner::worker`).
-const CLAIM_BATCH: usize = 8;
+pub(crate) const CLAIM_BATCH: usize = 8;
 
 /// How this runner's job runs ended, for `sync-once`'s summary and the demo's progress line.
 /// Counted from the same [`JobOutcome`] the `jobs_total` metric counts ([`RunStats::record`]).
@@ -93,6 +93,11 @@ pub struct Runner {
     stats: Arc<RunStats>,
     /// Jobs running right now (for the shutdown log).
     running: AtomicUsize,
+    /// True while an idle worker sleeps until the next due job (see `Runner::worker`).
+    timekeeper: std::sync::atomic::AtomicBool,
+    /// Wakes the timekeeper when a job of this process is rescheduled (a retry, a deferral):
+    /// it may now be due before the time the timekeeper sleeps until.
+    keep_time: Notify,
     /// Jobs claimed by one worker for its siblings, leases held, not started yet.
     ready: std::sync::Mutex<std::collections::VecDeque<Job>>,
 }
@@ -109,6 +114,8 @@ impl Runner {
             stats: Arc::new(RunStats::default()),
             ready: std::sync::Mutex::new(std::collections::VecDeque::new()),
             running: AtomicUsize::new(0),
+            timekeeper: std::sync::atomic::AtomicBool::new(false),
+            keep_time: Notify::new(),
         }
     }
 
@@ -194,6 +201,8 @@ impl Runner {
                 .await
             {
                 Ok(jobs) if !jobs.is_empty() => {
+                    // A full claim may have left more due jobs behind; a short one took all.
+                    let more = jobs.len() as u32 == batch;
                     let mut jobs = jobs.into_iter();
                     let first = jobs.next();
                     let rest: Vec<Job> = jobs.collect();
@@ -207,23 +216,42 @@ impl Runner {
                             self.wake.notify_one();
                         }
                     }
-                    // A worker that claimed something wakes one idle sibling, so a burst of
-                    // new jobs spreads over every worker within a few claims.
-                    self.wake.notify_one();
+                    // A worker whose claim came back full wakes one idle sibling to claim
+                    // again, so a burst of new jobs spreads over every worker within a few
+                    // claims. After a short claim, a sibling woken to claim would find
+                    // nothing: on the cycle bench such empty claims, each followed by a
+                    // `next_wake`, were a tenth of PostgreSQL's work.
+                    if more {
+                        self.wake.notify_one();
+                    }
                     if let Some(job) = first {
                         self.run_counted(job, &abandon).await;
                     }
                 }
                 Ok(_) => {
-                    let wait = match self.ctx.store.next_wake(now).await {
-                        Ok(Some(at)) => (at - now).to_std().unwrap_or(Duration::ZERO),
-                        _ => self.settings.idle_poll,
-                    }
-                    .clamp(Duration::from_millis(5), self.settings.idle_poll);
+                    // One idle worker (the timekeeper) sleeps until the next job is due; the
+                    // others sleep until woken. When every idle worker slept until the same
+                    // due time, a retry's `run_at` woke them all to race for one job: on the
+                    // cycle bench, thousands of empty claims, each with its `next_wake`.
+                    let timekeeper = !self.timekeeper.swap(true, Ordering::AcqRel);
+                    let wait = if timekeeper {
+                        match self.ctx.store.next_wake(now).await {
+                            Ok(Some(at)) => (at - now).to_std().unwrap_or(Duration::ZERO),
+                            _ => self.settings.idle_poll,
+                        }
+                        .clamp(Duration::from_millis(5), self.settings.idle_poll)
+                    } else {
+                        self.settings.idle_poll
+                    };
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => {}
                         _ = self.wake.notified() => {}
+                        _ = self.keep_time.notified(), if timekeeper => {}
                         _ = tokio::time::sleep(wait) => {}
+                    }
+                    if timekeeper {
+                        // Whoever next finds nothing to claim keeps time from here.
+                        self.timekeeper.store(false, Ordering::Release);
                     }
                 }
                 Err(e) => {
@@ -294,6 +322,14 @@ impl Runner {
                 _ = abandon.cancelled() => None,
             };
             let outcome = self.settle(&job, result).await;
+            if !matches!(
+                outcome,
+                JobOutcome::Done | JobOutcome::Dead | JobOutcome::Lost
+            ) {
+                // The job is open again (a retry, a deferral, a status wait, a release), due
+                // perhaps before the time the timekeeper sleeps until: it looks again.
+                self.keep_time.notify_one();
+            }
             self.stats.record(outcome);
             events::job_finished(job.kind, outcome, started.elapsed());
         }

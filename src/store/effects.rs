@@ -62,40 +62,68 @@ impl Store {
             ),
             backend.json_param("$9")
         );
+        // New vehicles: one statement for all of them (a user's first sync lists them all).
+        let f = |field, ty| backend.json_field(field, ty);
         let insert_sql = format!(
             "INSERT INTO vehicles (vehicle_id, user_id, connection_id, make, model, year, \
              powertrain_type, mode, permissions, status, status_changed_at, first_seen_at, \
-             last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {}, 'connected', $10, $10, \
-             $10) ON CONFLICT (vehicle_id) DO NOTHING",
-            backend.json_param("$9")
+             last_seen_at) \
+             SELECT {}, $2, {}, {}, {}, {}, {}, {}, {}, 'connected', $3, $3, $3 FROM {} \
+             WHERE true ON CONFLICT (vehicle_id) DO NOTHING RETURNING vehicle_id",
+            f("vehicle_id", "text"),
+            f("connection_id", "text"),
+            f("make", "text"),
+            f("model", "text"),
+            f("year", "bigint"),
+            f("powertrain_type", "text"),
+            f("mode", "text"),
+            f("permissions", "jsonb"),
+            backend.json_rows("$1"),
         );
-        let mut new_vehicles = Vec::new();
+        let mut fresh = Vec::new();
         for id in &ids {
             let Some(v) = by_id.get(id.as_str()) else {
                 continue;
             };
-            let permissions = serde_json::to_string(&v.permissions)
-                .map_err(|e| StoreError::Corrupt(format!("permissions to JSON: {e}")))?;
-            let a = args![
-                v.vehicle_id.as_str(),
-                user_id,
-                v.connection_id.as_deref(),
-                v.make.as_deref(),
-                v.model.as_deref(),
-                v.year,
-                v.powertrain_type.as_deref(),
-                v.mode.as_deref(),
-                permissions.as_str(),
-                now,
-            ];
             if existing.contains(id) {
+                let permissions = serde_json::to_string(&v.permissions)
+                    .map_err(|e| StoreError::Corrupt(format!("permissions to JSON: {e}")))?;
+                let a = args![
+                    v.vehicle_id.as_str(),
+                    user_id,
+                    v.connection_id.as_deref(),
+                    v.make.as_deref(),
+                    v.model.as_deref(),
+                    v.year,
+                    v.powertrain_type.as_deref(),
+                    v.mode.as_deref(),
+                    permissions.as_str(),
+                    now,
+                ];
                 tx.exec(&refresh_sql, a).await?;
             } else {
-                let inserted = tx.exec(&insert_sql, a).await?;
-                if inserted == 1 {
-                    new_vehicles.push(id.clone());
-                }
+                fresh.push(serde_json::json!({
+                    "vehicle_id": v.vehicle_id,
+                    "connection_id": v.connection_id,
+                    "make": v.make,
+                    "model": v.model,
+                    "year": v.year,
+                    "powertrain_type": v.powertrain_type,
+                    "mode": v.mode,
+                    "permissions": v.permissions,
+                }));
             }
+        }
+        let mut new_vehicles = Vec::new();
+        if !fresh.is_empty() {
+            let doc = serde_json::Value::Array(fresh).to_string();
+            new_vehicles = tx
+                .all(&insert_sql, args![doc.as_str(), user_id, now])
+                .await?
+                .iter()
+                .map(|r| r.text("vehicle_id"))
+                .collect::<Result<_, _>>()?;
+            new_vehicles.sort();
         }
 
         let mut vanished = tx.disconnect_vanished(user_id, &ids, now).await?;

@@ -197,8 +197,10 @@ impl Store {
             .iter()
             .flat_map(|r| r.poll.statuses.iter().cloned())
             .collect();
+        tx.plan_cached().await?;
         let inserted = tx.ingest_by_vehicle(&samples, &statuses, now).await?;
         let polls: Vec<&PollResult> = kept.iter().map(|r| &r.poll).collect();
+        tx.plan_per_execution().await?;
         tx.mark_polled_many(&polls).await?;
         let plans: Vec<&PlanRecord> = polls.iter().filter_map(|p| p.plan.as_ref()).collect();
         tx.save_plans(&plans, now).await?;

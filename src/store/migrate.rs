@@ -76,6 +76,11 @@ const SQLITE: Embedded = &[
         "cold samples",
         include_str!("../../migrations/sqlite/0012_cold_samples.sql"),
     ),
+    (
+        13,
+        "partial job indexes",
+        include_str!("../../migrations/sqlite/0013_partial_job_indexes.sql"),
+    ),
 ];
 
 const POSTGRES: Embedded = &[
@@ -138,6 +143,11 @@ const POSTGRES: Embedded = &[
         12,
         "cold samples",
         include_str!("../../migrations/postgres/0012_cold_samples.sql"),
+    ),
+    (
+        13,
+        "partial job indexes",
+        include_str!("../../migrations/postgres/0013_partial_job_indexes.sql"),
     ),
 ];
 

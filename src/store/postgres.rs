@@ -16,21 +16,26 @@ use super::{NewSample, SignalState, StoreError, cold, compact};
 /// Serialises partition DDL between daemons sharing the database.
 const PARTITION_LOCK: i64 = 0x5343_5359_4e43_0001;
 
-/// Inserts samples into the compact tables of migration 0008: the missing dictionary rows
-/// (series, units, bodies that cannot be rebuilt), then the samples, each step ONE array
-/// (UNNEST) statement whatever the count. Readings at or after the watermark go to the hot
-/// table, older ones to the cold one (migration 0012, `cold.rs`). Rows already stored are left as
-/// they are (first writer wins). Returns the rows inserted per vehicle, both tables counted.
+/// Inserts samples into the compact tables of migration 0008: the dictionary ids are resolved
+/// first (missing series, units and bodies added), one statement per dictionary whatever the
+/// count, then the samples go in as ONE array (UNNEST) statement carrying those ids. Readings at
+/// or after the watermark go to the hot table, older ones to the cold one (migration 0012,
+/// `cold.rs`). Rows already stored are left as they are (first writer wins). Returns the rows
+/// inserted per vehicle, both tables counted.
 ///
-/// Every dictionary lookup is a scalar subquery, i.e. one index probe per row: as a join, the
-/// planner (which guesses 100 rows for an UNNEST) hashes the whole dictionary instead, a scan of
-/// `sample_series` per statement.
+/// The ids travel through the daemon rather than being looked up by the insert itself: a sample
+/// insert with a scalar subquery per dictionary (and one more to count the inserted rows per
+/// vehicle) made four index probes a row and was PostgreSQL's costliest statement in the cycle
+/// bench. Each dictionary is now probed once per distinct key of the batch, and the samples
+/// statement is a plain UNNEST.
 ///
-/// Dictionary inserts only propose rows that are missing: an identity value is drawn for every
-/// proposed row, conflict or not, so proposing every poll's series would burn through the
-/// sequence. Two transactions adding the same series or unit at once meet on its unique key (the
-/// second waits, then skips); the same body may be added twice, which is harmless (the lowest id
-/// is used).
+/// Dictionary lookups are scalar subqueries, i.e. one index probe per key: as a join, the
+/// planner (which guesses 100 rows for an UNNEST) hashes the whole dictionary instead. Only
+/// missing keys are proposed for insertion: an identity value is drawn for every proposed row,
+/// conflict or not, so proposing every poll's series would burn through the sequence. Two
+/// transactions adding the same series or unit at once meet on its unique key (the second waits,
+/// then skips, and reads the winner's id in a second statement); the same body may be added
+/// twice, which is harmless (the lowest id is used).
 pub(crate) async fn insert_samples(
     tx: &mut Transaction<'static, Postgres>,
     samples: &[NewSample],
@@ -43,57 +48,247 @@ pub(crate) async fn insert_samples(
     // moves the slice these readings belong to under them (see `cold.rs`).
     let watermark = cold::watermark_for_share(tx).await?;
     let all = Columns::new(samples.iter());
-    sqlx::query(
-        "INSERT INTO sample_series (vehicle_id, code) \
-         SELECT DISTINCT v, c FROM UNNEST($1::text[], $2::text[]) AS t(v, c) \
-         WHERE (SELECT s.series_id FROM sample_series s \
-                WHERE s.vehicle_id = t.v AND s.code = t.c) IS NULL \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&all.vid)
-    .bind(&all.code)
-    .execute(&mut **tx)
-    .await?;
-    if all.unit.iter().any(Option::is_some) {
-        sqlx::query(
-            "INSERT INTO sample_units (unit) \
-             SELECT DISTINCT u FROM UNNEST($1::text[]) AS t(u) \
-             WHERE u IS NOT NULL AND (SELECT x.unit_id FROM sample_units x WHERE x.unit = t.u) IS NULL \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&all.unit)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if all.body.iter().any(Option::is_some) {
-        sqlx::query(
-            "INSERT INTO sample_bodies (hash, body) \
-             SELECT DISTINCT ON (h, b) h, b::jsonb FROM UNNEST($1::int8[], $2::text[]) AS t(h, b) \
-             WHERE b IS NOT NULL AND (SELECT min(x.body_id) FROM sample_bodies x \
-                   WHERE x.hash = t.h AND x.body::text = (t.b::jsonb)::text) IS NULL",
-        )
-        .bind(&all.hash)
-        .bind(&all.body)
-        .execute(&mut **tx)
-        .await?;
-    }
     let (hot, below): (Vec<&NewSample>, Vec<&NewSample>) = samples
         .iter()
         .partition(|s| watermark.is_none_or(|w| s.recorded_at >= w));
-    let mut inserted = if hot.len() == samples.len() {
-        insert_hot(tx, &all, ingested_at).await?
-    } else if hot.is_empty() {
+    if below.is_empty() {
+        return insert_hot(tx, &all, ingested_at).await;
+    }
+    // Readings older than the watermark (a late webhook, a restored backlog): the cold path
+    // looks its ids up itself, so the dictionaries must hold every key first.
+    series_ids(tx, &all).await?;
+    unit_ids(tx, &all).await?;
+    body_ids(tx, &all).await?;
+    let mut inserted = if hot.is_empty() {
         HashMap::new()
     } else {
         insert_hot(tx, &Columns::new(hot.into_iter()), ingested_at).await?
     };
-    if !below.is_empty() {
-        let cold = cold::insert_cold(tx, &Columns::new(below.into_iter()), ingested_at).await?;
-        for (vehicle, n) in cold {
-            *inserted.entry(vehicle).or_insert(0) += n;
-        }
+    let cold = cold::insert_cold(tx, &Columns::new(below.into_iter()), ingested_at).await?;
+    for (vehicle, n) in cold {
+        *inserted.entry(vehicle).or_insert(0) += n;
     }
     Ok(inserted)
+}
+
+/// Readings at or after the watermark: into the hot table, whose primary key makes a repeat a
+/// no-op (first writer wins).
+async fn insert_hot(
+    tx: &mut Transaction<'static, Postgres>,
+    c: &Columns<'_>,
+    ingested_at: DateTime<Utc>,
+) -> Result<HashMap<String, u64>, StoreError> {
+    let series = series_ids(tx, c).await?;
+    let units = unit_ids(tx, c).await?;
+    let bodies = body_ids(tx, c).await?;
+    let n = c.vid.len();
+    let mut sid = Vec::with_capacity(n);
+    let mut uid = Vec::with_capacity(n);
+    let mut bid = Vec::with_capacity(n);
+    for i in 0..n {
+        sid.push(lookup(&series, &(c.vid[i], c.code[i]))?);
+        uid.push(c.unit[i].map(|u| lookup(&units, &u)).transpose()?);
+        bid.push(match (c.hash[i], c.body[i]) {
+            (Some(h), Some(b)) => Some(lookup(&bodies, &(h, b))?),
+            _ => None,
+        });
+    }
+    let rows: Vec<i32> = sqlx::query_scalar(
+        "INSERT INTO samples (recorded_at, value_num, ingested_at, series_id, body_id, unit_id, form) \
+         SELECT t.r, t.n, $7, t.s, t.b, t.u, t.f \
+         FROM UNNEST($1::int4[], $2::timestamptz[], $3::float8[], $4::int4[], $5::int2[], \
+                     $6::int2[]) AS t(s, r, n, b, u, f) \
+         ON CONFLICT DO NOTHING \
+         RETURNING series_id",
+    )
+    .bind(&sid)
+    .bind(&c.rec)
+    .bind(&c.val)
+    .bind(&bid)
+    .bind(&uid)
+    .bind(&c.form)
+    .bind(ingested_at)
+    .fetch_all(&mut **tx)
+    .await?;
+    let vehicle_of: HashMap<i32, &str> = series.iter().map(|(k, id)| (*id, k.0)).collect();
+    let mut inserted: HashMap<String, u64> = HashMap::new();
+    for id in rows {
+        let vehicle = vehicle_of.get(&id).ok_or_else(|| {
+            StoreError::Corrupt(format!("series {id} inserted but not asked for"))
+        })?;
+        *inserted.entry((*vehicle).to_owned()).or_insert(0) += 1;
+    }
+    Ok(inserted)
+}
+
+fn lookup<K: std::hash::Hash + Eq + std::fmt::Debug, V: Copy>(
+    ids: &HashMap<K, V>,
+    key: &K,
+) -> Result<V, StoreError> {
+    ids.get(key)
+        .copied()
+        .ok_or_else(|| StoreError::Corrupt(format!("no dictionary id for {key:?}")))
+}
+
+/// The distinct keys of a batch, in first-seen order.
+fn distinct<K: std::hash::Hash + Eq + Copy>(keys: impl Iterator<Item = K>) -> Vec<K> {
+    let mut seen = std::collections::HashSet::new();
+    keys.filter(|k| seen.insert(*k)).collect()
+}
+
+/// The series id of every (vehicle, code) of the batch, adding the missing series.
+async fn series_ids<'a>(
+    tx: &mut Transaction<'static, Postgres>,
+    c: &Columns<'a>,
+) -> Result<HashMap<(&'a str, &'a str), i32>, StoreError> {
+    let keys = distinct(c.vid.iter().copied().zip(c.code.iter().copied()));
+    let (vid, code): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    // `t` is read twice, so PostgreSQL computes it once; `ins` returns what it added (by key:
+    // a join of `ins` back to `t` is a nested loop over both), the rest of `t` what was there.
+    // A key in neither lost a race to another transaction's insert, which has committed by now
+    // (ON CONFLICT waited for it): the second statement reads it.
+    let rows: Vec<(Option<i64>, i32, Option<String>, Option<String>)> = sqlx::query_as(
+        "WITH t AS (SELECT t.i, t.v, t.c, \
+                    (SELECT s.series_id FROM sample_series s \
+                     WHERE s.vehicle_id = t.v AND s.code = t.c) AS id \
+                    FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(v, c, i)), \
+              ins AS (INSERT INTO sample_series (vehicle_id, code) \
+                    SELECT v, c FROM t WHERE id IS NULL ORDER BY i \
+                    ON CONFLICT DO NOTHING RETURNING series_id, vehicle_id, code) \
+         SELECT i, id, NULL::text, NULL::text FROM t WHERE id IS NOT NULL \
+         UNION ALL \
+         SELECT NULL, series_id, vehicle_id, code FROM ins",
+    )
+    .bind(&vid)
+    .bind(&code)
+    .fetch_all(&mut **tx)
+    .await?;
+    let position: HashMap<(&str, &str), usize> =
+        keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+    let mut ids = HashMap::with_capacity(keys.len());
+    for (i, id, v, c) in rows {
+        let at = match (i, v, c) {
+            (Some(i), _, _) => usize::try_from(i - 1).ok(),
+            (None, Some(v), Some(c)) => position.get(&(v.as_str(), c.as_str())).copied(),
+            _ => None,
+        };
+        let key = at
+            .and_then(|at| keys.get(at))
+            .ok_or_else(|| StoreError::Corrupt("a series row not asked for".into()))?;
+        ids.insert(*key, id);
+    }
+    let missing: Vec<(&str, &str)> = keys
+        .iter()
+        .copied()
+        .filter(|k| !ids.contains_key(k))
+        .collect();
+    if !missing.is_empty() {
+        let (vid, code): (Vec<&str>, Vec<&str>) = missing.iter().copied().unzip();
+        let rows: Vec<(i64, i32)> = sqlx::query_as(
+            "SELECT t.i, s.series_id FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(v, c, i) \
+             JOIN sample_series s ON s.vehicle_id = t.v AND s.code = t.c",
+        )
+        .bind(&vid)
+        .bind(&code)
+        .fetch_all(&mut **tx)
+        .await?;
+        ids.extend(by_ordinal(&missing, rows)?);
+    }
+    Ok(ids)
+}
+
+/// The unit id of every unit of the batch, adding the missing units.
+async fn unit_ids<'a>(
+    tx: &mut Transaction<'static, Postgres>,
+    c: &Columns<'a>,
+) -> Result<HashMap<&'a str, i16>, StoreError> {
+    let keys = distinct(c.unit.iter().flatten().copied());
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(i64, i16)> = sqlx::query_as(
+        "WITH t AS (SELECT t.i, t.u, \
+                    (SELECT x.unit_id FROM sample_units x WHERE x.unit = t.u) AS id \
+                    FROM UNNEST($1::text[]) WITH ORDINALITY AS t(u, i)), \
+              ins AS (INSERT INTO sample_units (unit) SELECT u FROM t WHERE id IS NULL ORDER BY i \
+                    ON CONFLICT DO NOTHING RETURNING unit_id, unit) \
+         SELECT i, id FROM t WHERE id IS NOT NULL \
+         UNION ALL \
+         SELECT t.i, ins.unit_id FROM t JOIN ins ON ins.unit = t.u WHERE t.id IS NULL",
+    )
+    .bind(&keys)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut ids = by_ordinal(&keys, rows)?;
+    let missing: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !ids.contains_key(k))
+        .collect();
+    if !missing.is_empty() {
+        let rows: Vec<(i64, i16)> = sqlx::query_as(
+            "SELECT t.i, x.unit_id FROM UNNEST($1::text[]) WITH ORDINALITY AS t(u, i) \
+             JOIN sample_units x ON x.unit = t.u",
+        )
+        .bind(&missing)
+        .fetch_all(&mut **tx)
+        .await?;
+        ids.extend(by_ordinal(&missing, rows)?);
+    }
+    Ok(ids)
+}
+
+/// The body id of every stored body of the batch (by hash and text), adding the missing
+/// bodies. A body matches a stored one with the same hash and the same JSONB text.
+async fn body_ids<'a>(
+    tx: &mut Transaction<'static, Postgres>,
+    c: &Columns<'a>,
+) -> Result<HashMap<(i64, &'a str), i32>, StoreError> {
+    let keys = distinct(
+        c.hash
+            .iter()
+            .zip(&c.body)
+            .filter_map(|(h, b)| Some(((*h)?, (*b)?))),
+    );
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (hash, body): (Vec<i64>, Vec<&str>) = keys.iter().copied().unzip();
+    let rows: Vec<(i64, i32)> = sqlx::query_as(
+        "WITH t AS (SELECT t.i, t.h, t.b, \
+                    (SELECT min(x.body_id) FROM sample_bodies x \
+                     WHERE x.hash = t.h AND x.body::text = (t.b::jsonb)::text) AS id \
+                    FROM UNNEST($1::int8[], $2::text[]) WITH ORDINALITY AS t(h, b, i)), \
+              ins AS (INSERT INTO sample_bodies (hash, body) \
+                    SELECT h, b::jsonb FROM t WHERE id IS NULL ORDER BY i \
+                    RETURNING body_id, hash, body) \
+         SELECT i, id FROM t WHERE id IS NOT NULL \
+         UNION ALL \
+         SELECT t.i, min(ins.body_id) FROM t \
+         JOIN ins ON ins.hash = t.h AND ins.body::text = (t.b::jsonb)::text \
+         WHERE t.id IS NULL GROUP BY t.i",
+    )
+    .bind(&hash)
+    .bind(&body)
+    .fetch_all(&mut **tx)
+    .await?;
+    by_ordinal(&keys, rows)
+}
+
+/// Rows of (1-based ordinal into `keys`, id) as a map from key to id.
+fn by_ordinal<K: std::hash::Hash + Eq + Copy, V>(
+    keys: &[K],
+    rows: Vec<(i64, V)>,
+) -> Result<HashMap<K, V>, StoreError> {
+    rows.into_iter()
+        .map(|(i, id)| {
+            let key = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| keys.get(i))
+                .ok_or_else(|| StoreError::Corrupt(format!("dictionary row {i} out of range")))?;
+            Ok((*key, id))
+        })
+        .collect()
 }
 
 /// The samples of one statement as parallel arrays (one UNNEST argument each).
@@ -152,39 +347,6 @@ impl<'a> Columns<'a> {
         }
         c
     }
-}
-
-/// Readings at or after the watermark: into the hot table, whose primary key makes a repeat a
-/// no-op (first writer wins).
-async fn insert_hot(
-    tx: &mut Transaction<'static, Postgres>,
-    c: &Columns<'_>,
-    ingested_at: DateTime<Utc>,
-) -> Result<HashMap<String, u64>, StoreError> {
-    let rows = c
-        .bind(
-            sqlx::query(
-                "WITH ins AS (INSERT INTO samples \
-           (recorded_at, value_num, ingested_at, series_id, body_id, unit_id, form) \
-           SELECT t.r, t.n, $9, \
-                  (SELECT s.series_id FROM sample_series s \
-                   WHERE s.vehicle_id = t.v AND s.code = t.c), \
-                  (SELECT min(x.body_id) FROM sample_bodies x \
-                   WHERE x.hash = t.h AND x.body::text = (t.b::jsonb)::text), \
-                  (SELECT un.unit_id FROM sample_units un WHERE un.unit = t.u), t.f \
-           FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[], \
-                       $6::int8[], $7::text[], $8::int2[]) AS t(v, c, r, n, u, h, b, f) \
-           ON CONFLICT DO NOTHING \
-           RETURNING series_id) \
-         SELECT (SELECT s.vehicle_id FROM sample_series s WHERE s.series_id = ins.series_id) \
-                  AS vehicle_id, count(*)::int8 AS n \
-         FROM ins GROUP BY 1",
-            ),
-            ingested_at,
-        )
-        .fetch_all(&mut **tx)
-        .await?;
-    counts_by_vehicle(&rows)
 }
 
 /// `(vehicle_id, n)` rows as a map.

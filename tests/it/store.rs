@@ -105,6 +105,7 @@ both!(
     compaction_changes_no_answer_and_never_moves_back,
     an_old_reading_is_stored_once_in_cold,
     ingest_between_compaction_slices_loses_and_duplicates_nothing,
+    concurrent_writers_of_new_series_units_and_bodies_store_each_reading_once,
 );
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -209,6 +210,56 @@ async fn the_same_reading_twice_is_stored_once(store: Store) {
         .collect();
     assert_eq!(store.ingest_samples(&many, &[]).await.unwrap(), 1000);
     assert_eq!(store.ingest_samples(&many, &[]).await.unwrap(), 0);
+}
+
+/// Writers that add the same new series, units and bodies at once (on PostgreSQL one waits on
+/// the other's unique key, then reads the winner's id) each store their readings once, each
+/// under the right series, unit and body.
+async fn concurrent_writers_of_new_series_units_and_bodies_store_each_reading_once(store: Store) {
+    let reading = |task: i64, vehicle: usize, code: &str| {
+        let mut s = sample(&format!("c{vehicle}"), code, t(task), task as f64);
+        match code {
+            // A body said once by every writer: stored once or twice, read back the same.
+            "location" => {
+                s.value_num = None;
+                s.unit = None;
+                s.body = r#"{"latitude":1.5,"longitude":2.5}"#.into();
+            }
+            // Rebuilt from value and a unit every writer adds.
+            "range" => {
+                s.unit = Some("miles".into());
+                s.body = format!(r#"{{"unit":"miles","value":{task}}}"#);
+            }
+            _ => {}
+        }
+        s
+    };
+    let codes = ["odometer", "range", "location"];
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let store = store.clone();
+        let batch: Vec<NewSample> = (0..5)
+            .flat_map(|v| codes.map(|c| reading(task, v, c)))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            store.ingest_samples(&batch, &[]).await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), 15);
+    }
+    let stored = store.list_samples().await.unwrap();
+    assert_eq!(stored.len(), 8 * 5 * 3);
+    for row in &stored {
+        let task = (row.recorded_at - t(0)).num_seconds();
+        let vehicle: usize = row.vehicle_id[1..].parse().unwrap();
+        let want = reading(task, vehicle, &row.code);
+        assert_eq!(row.value_num, want.value_num, "{row:?}");
+        assert_eq!(row.unit, want.unit, "{row:?}");
+        let body: serde_json::Value = serde_json::from_str(&row.body).unwrap();
+        let want_body: serde_json::Value = serde_json::from_str(&want.body).unwrap();
+        assert_eq!(body, want_body, "{row:?}");
+    }
 }
 
 async fn an_expired_lease_is_reclaimed_and_the_old_owner_is_fenced_out(store: Store) {
