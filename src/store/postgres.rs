@@ -145,24 +145,46 @@ async fn series_ids<'a>(
     let (vid, code): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
     // `t` is read twice, so PostgreSQL computes it once; `ins` returns what it added (by key:
     // a join of `ins` back to `t` is a nested loop over both), the rest of `t` what was there.
-    // A key in neither lost a race to another transaction's insert, which has committed by now
-    // (ON CONFLICT waited for it): the second statement reads it.
-    let rows: Vec<(Option<i64>, i32, Option<String>, Option<String>)> = sqlx::query_as(
-        "WITH t AS (SELECT t.i, t.v, t.c, \
+    //
+    // The insert is tried first without ON CONFLICT, inside a savepoint: a speculative insert
+    // (ON CONFLICT) costs 1.3 to 2 times a plain one, and a first cycle adds every series. Only
+    // when another transaction added one of the same series meanwhile (a unique violation: a
+    // poll and a webhook of a new vehicle at once) does it run again with ON CONFLICT DO
+    // NOTHING, which waits for the other and skips its keys; a key in neither part of that
+    // answer is read by the statement after it, which sees the other's commit.
+    const SQL: &str = "WITH t AS (SELECT t.i, t.v, t.c, \
                     (SELECT s.series_id FROM sample_series s \
                      WHERE s.vehicle_id = t.v AND s.code = t.c) AS id \
                     FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS t(v, c, i)), \
               ins AS (INSERT INTO sample_series (vehicle_id, code) \
                     SELECT v, c FROM t WHERE id IS NULL ORDER BY i \
-                    ON CONFLICT DO NOTHING RETURNING series_id, vehicle_id, code) \
+                    {conflict} RETURNING series_id, vehicle_id, code) \
          SELECT i, id, NULL::text, NULL::text FROM t WHERE id IS NOT NULL \
          UNION ALL \
-         SELECT NULL, series_id, vehicle_id, code FROM ins",
-    )
-    .bind(&vid)
-    .bind(&code)
-    .fetch_all(&mut **tx)
-    .await?;
+         SELECT NULL, series_id, vehicle_id, code FROM ins";
+    type SeriesRow = (Option<i64>, i32, Option<String>, Option<String>);
+    let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+    let first: Result<Vec<SeriesRow>, sqlx::Error> = sqlx::query_as(&SQL.replace("{conflict}", ""))
+        .bind(&vid)
+        .bind(&code)
+        .fetch_all(&mut *savepoint)
+        .await;
+    let rows: Vec<SeriesRow> = match first {
+        Ok(rows) => {
+            savepoint.commit().await?;
+            rows
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            savepoint.rollback().await?;
+            tracing::debug!("a new series was added by another transaction; adding the rest");
+            sqlx::query_as(&SQL.replace("{conflict}", "ON CONFLICT DO NOTHING"))
+                .bind(&vid)
+                .bind(&code)
+                .fetch_all(&mut **tx)
+                .await?
+        }
+        Err(e) => return Err(e.into()),
+    };
     let position: HashMap<(&str, &str), usize> =
         keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
     let mut ids = HashMap::with_capacity(keys.len());
