@@ -375,10 +375,10 @@ impl Tx {
         })
     }
 
-    /// PostgreSQL: plans this transaction's statements for their parameters at every execution
-    /// (`SET LOCAL plan_cache_mode`), for the transactions whose statements take a list (`=
-    /// ANY($1)`, `UNNEST`) of rows of a table that a first cycle fills from empty: the group
-    /// commit and the connections sync. A prepared statement's generic plan is chosen after
+    /// PostgreSQL: plans this transaction's next statements (until [`Tx::plan_cached`]) for their
+    /// parameters at every execution (`SET LOCAL plan_cache_mode`), for statements that read or
+    /// update by a list (`= ANY($1)`, `UNNEST`) the rows of a table that a first cycle fills
+    /// from empty: in the group commit and the connections sync. A prepared statement's generic plan is chosen after
     /// five executions and kept until the table's next ANALYZE; fixed while `vehicles` was
     /// nearly empty, it scanned the whole table for the rest of the cycle (3.7 ms a sync's
     /// lookup; 0.4 ms instead of 0.1 the group commit's update of 10,000 vehicles). Statements
