@@ -238,7 +238,8 @@ async fn concurrent_writers_of_new_series_units_and_bodies_store_each_reading_on
     let mut tasks = Vec::new();
     for task in 0..8 {
         let store = store.clone();
-        let batch: Vec<NewSample> = (0..5)
+        // 36 series: enough for PostgreSQL's plain insert first (32 or more).
+        let batch: Vec<NewSample> = (0..12)
             .flat_map(|v| codes.map(|c| reading(task, v, c)))
             .collect();
         tasks.push(tokio::spawn(async move {
@@ -246,10 +247,10 @@ async fn concurrent_writers_of_new_series_units_and_bodies_store_each_reading_on
         }));
     }
     for task in tasks {
-        assert_eq!(task.await.unwrap().unwrap(), 15);
+        assert_eq!(task.await.unwrap().unwrap(), 36);
     }
     let stored = store.list_samples().await.unwrap();
-    assert_eq!(stored.len(), 8 * 5 * 3);
+    assert_eq!(stored.len(), 8 * 12 * 3);
     for row in &stored {
         let task = (row.recorded_at - t(0)).num_seconds();
         let vehicle: usize = row.vehicle_id[1..].parse().unwrap();
