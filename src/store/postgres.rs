@@ -48,21 +48,19 @@ pub(crate) async fn insert_samples(
     // moves the slice these readings belong to under them (see `cold.rs`).
     let watermark = cold::watermark_for_share(tx).await?;
     let all = Columns::new(samples.iter());
+    let ids = Ids::resolve(tx, &all).await?;
     let (hot, below): (Vec<&NewSample>, Vec<&NewSample>) = samples
         .iter()
         .partition(|s| watermark.is_none_or(|w| s.recorded_at >= w));
     if below.is_empty() {
-        return insert_hot(tx, &all, ingested_at).await;
+        return insert_hot(tx, &all, &ids, ingested_at).await;
     }
     // Readings older than the watermark (a late webhook, a restored backlog): the cold path
-    // looks its ids up itself, so the dictionaries must hold every key first.
-    series_ids(tx, &all).await?;
-    unit_ids(tx, &all).await?;
-    body_ids(tx, &all).await?;
+    // looks its ids up itself; the dictionaries hold every key by now.
     let mut inserted = if hot.is_empty() {
         HashMap::new()
     } else {
-        insert_hot(tx, &Columns::new(hot.into_iter()), ingested_at).await?
+        insert_hot(tx, &Columns::new(hot.into_iter()), &ids, ingested_at).await?
     };
     let cold = cold::insert_cold(tx, &Columns::new(below.into_iter()), ingested_at).await?;
     for (vehicle, n) in cold {
@@ -71,25 +69,43 @@ pub(crate) async fn insert_samples(
     Ok(inserted)
 }
 
+/// The dictionary ids of a batch's series, units and stored bodies (missing ones added).
+struct Ids<'a> {
+    series: HashMap<(&'a str, &'a str), i32>,
+    units: HashMap<&'a str, i16>,
+    bodies: HashMap<(i64, &'a str), i32>,
+}
+
+impl<'a> Ids<'a> {
+    async fn resolve(
+        tx: &mut Transaction<'static, Postgres>,
+        c: &Columns<'a>,
+    ) -> Result<Ids<'a>, StoreError> {
+        Ok(Ids {
+            series: series_ids(tx, c).await?,
+            units: unit_ids(tx, c).await?,
+            bodies: body_ids(tx, c).await?,
+        })
+    }
+}
+
 /// Readings at or after the watermark: into the hot table, whose primary key makes a repeat a
 /// no-op (first writer wins).
 async fn insert_hot(
     tx: &mut Transaction<'static, Postgres>,
     c: &Columns<'_>,
+    ids: &Ids<'_>,
     ingested_at: DateTime<Utc>,
 ) -> Result<HashMap<String, u64>, StoreError> {
-    let series = series_ids(tx, c).await?;
-    let units = unit_ids(tx, c).await?;
-    let bodies = body_ids(tx, c).await?;
     let n = c.vid.len();
     let mut sid = Vec::with_capacity(n);
     let mut uid = Vec::with_capacity(n);
     let mut bid = Vec::with_capacity(n);
     for i in 0..n {
-        sid.push(lookup(&series, &(c.vid[i], c.code[i]))?);
-        uid.push(c.unit[i].map(|u| lookup(&units, &u)).transpose()?);
+        sid.push(lookup(&ids.series, &(c.vid[i], c.code[i]))?);
+        uid.push(c.unit[i].map(|u| lookup(&ids.units, &u)).transpose()?);
         bid.push(match (c.hash[i], c.body[i]) {
-            (Some(h), Some(b)) => Some(lookup(&bodies, &(h, b))?),
+            (Some(h), Some(b)) => Some(lookup(&ids.bodies, &(h, b))?),
             _ => None,
         });
     }
@@ -110,7 +126,7 @@ async fn insert_hot(
     .bind(ingested_at)
     .fetch_all(&mut **tx)
     .await?;
-    let vehicle_of: HashMap<i32, &str> = series.iter().map(|(k, id)| (*id, k.0)).collect();
+    let vehicle_of: HashMap<i32, &str> = ids.series.iter().map(|(k, id)| (*id, k.0)).collect();
     let mut inserted: HashMap<String, u64> = HashMap::new();
     for id in rows {
         let vehicle = vehicle_of.get(&id).ok_or_else(|| {
