@@ -81,6 +81,7 @@ pub struct SmartcarConfig {
 pub struct DatabaseConfig {
     /// `sqlite://path` (embedded default) or `postgres://…`.
     pub url: String,
+    /// Pool size; a SQLite file gets one connection more, kept for writes.
     pub max_connections: u32,
     #[serde(with = "duration_str")]
     pub statement_timeout: Duration,

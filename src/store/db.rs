@@ -6,7 +6,7 @@
 //! SQLite and as a `text[]` on PostgreSQL. [`Arg`] and [`Row`] hide exactly that, nothing more.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgRow};
@@ -16,6 +16,7 @@ use sqlx::{PgPool, Postgres, Row as _, Sqlite, SqlitePool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{StoreError, time};
+use crate::events;
 
 /// Which database a statement runs on.
 ///
@@ -126,35 +127,49 @@ pub(crate) enum Pool {
 /// semaphore that wakes the next writer the moment the previous one finishes; the busy handler
 /// is left for writers in other processes (a CLI command beside the daemon). Reads need no
 /// gate: WAL readers never wait for the writer.
+///
+/// Whoever passes the gate writes on [`WriteGate::writer`], one connection kept for writes
+/// alone. A SQLite connection drops its whole page cache when it finds that another connection
+/// has committed since its last transaction. With the pool's eight connections taking turns at
+/// writing, nearly every write transaction began by re-reading, from the WAL and the file,
+/// the index pages it was about to change, and freeing the cache it had; the single writer was
+/// the no-limit cycle's bottleneck, and a fifth of its CPU went to `free` alone. The writer's
+/// own commits leave its cache warm.
 #[derive(Clone, Debug)]
 pub(crate) struct WriteGate {
     permit: Arc<Semaphore>,
     /// The longest a writer waits for the gate, then fails as a pool timeout would (a
     /// transient error: the job is retried).
     wait: Duration,
+    /// The connection every write of this process runs on (for an in-memory database, the
+    /// pool's one connection).
+    pub(crate) writer: SqlitePool,
 }
 
 impl WriteGate {
-    pub(crate) fn new(wait: Duration) -> WriteGate {
+    pub(crate) fn new(wait: Duration, writer: SqlitePool) -> WriteGate {
         WriteGate {
             permit: Arc::new(Semaphore::new(1)),
             wait,
+            writer,
         }
     }
 
-    async fn enter(&self) -> Result<OwnedSemaphorePermit, StoreError> {
+    pub(crate) async fn enter(&self) -> Result<Writing, StoreError> {
+        let asked = Instant::now();
         match tokio::time::timeout(self.wait, self.permit.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => Ok(Writing {
+                _permit: permit,
+                waited: asked.elapsed(),
+                since: Instant::now(),
+            }),
             _ => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
         }
     }
 
     /// The gate for a statement that may write: every statement but one that begins with
     /// SELECT (an UPDATE … RETURNING read with `all` writes).
-    async fn enter_unless_reading(
-        &self,
-        sql: &str,
-    ) -> Result<Option<OwnedSemaphorePermit>, StoreError> {
+    async fn enter_unless_reading(&self, sql: &str) -> Result<Option<Writing>, StoreError> {
         let reads_only = sql
             .trim_start()
             .get(..6)
@@ -163,6 +178,21 @@ impl WriteGate {
             true => None,
             false => Some(self.enter().await?),
         })
+    }
+}
+
+/// The write gate, held: dropped, it lets the next writer in and reports how long this one
+/// waited for it and held it ([`events::sqlite_write`]).
+#[derive(Debug)]
+pub(crate) struct Writing {
+    _permit: OwnedSemaphorePermit,
+    waited: Duration,
+    since: Instant,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        events::sqlite_write(self.waited, self.since.elapsed());
     }
 }
 
@@ -270,9 +300,12 @@ impl Pool {
     /// Runs one statement in autocommit; returns the rows it changed.
     pub(crate) async fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
         Ok(match self {
-            Pool::Sqlite(p, gate) => {
+            Pool::Sqlite(_, gate) => {
                 let _writing = gate.enter().await?;
-                sqlite_query(sql, args)?.execute(p).await?.rows_affected()
+                sqlite_query(sql, args)?
+                    .execute(&gate.writer)
+                    .await?
+                    .rows_affected()
             }
             Pool::Postgres(p) => pg_query(sql, args).execute(p).await?.rows_affected(),
         })
@@ -281,9 +314,9 @@ impl Pool {
     pub(crate) async fn all(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
         Ok(match self {
             Pool::Sqlite(p, gate) => {
-                let _writing = gate.enter_unless_reading(sql).await?;
+                let writing = gate.enter_unless_reading(sql).await?;
                 sqlite_query(sql, args)?
-                    .fetch_all(p)
+                    .fetch_all(if writing.is_some() { &gate.writer } else { p })
                     .await?
                     .into_iter()
                     .map(Row::Sqlite)
@@ -301,9 +334,9 @@ impl Pool {
     pub(crate) async fn opt(&self, sql: &str, args: &[Arg<'_>]) -> Result<Option<Row>, StoreError> {
         Ok(match self {
             Pool::Sqlite(p, gate) => {
-                let _writing = gate.enter_unless_reading(sql).await?;
+                let writing = gate.enter_unless_reading(sql).await?;
                 sqlite_query(sql, args)?
-                    .fetch_optional(p)
+                    .fetch_optional(if writing.is_some() { &gate.writer } else { p })
                     .await?
                     .map(Row::Sqlite)
             }
@@ -320,9 +353,9 @@ impl Pool {
     /// later need to upgrade. The gate is held until the transaction ends.
     pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Pool::Sqlite(p, gate) => {
+            Pool::Sqlite(_, gate) => {
                 let writing = gate.enter().await?;
-                Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?, writing)
+                Tx::Sqlite(gate.writer.begin_with("BEGIN IMMEDIATE").await?, writing)
             }
             Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
@@ -332,7 +365,7 @@ impl Pool {
 /// An open transaction; dropped without [`Tx::commit`] it rolls back. On SQLite it holds the
 /// [`WriteGate`] until then.
 pub(crate) enum Tx {
-    Sqlite(sqlx::Transaction<'static, Sqlite>, OwnedSemaphorePermit),
+    Sqlite(sqlx::Transaction<'static, Sqlite>, Writing),
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
 

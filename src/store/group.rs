@@ -154,11 +154,7 @@ impl Store {
                 }
             }
         }
-        tracing::debug!(
-            size,
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "group commit"
-        );
+        crate::events::group_commit(size, started.elapsed());
     }
 
     /// One transaction for the whole batch, a handful of statements whatever its size: the

@@ -244,7 +244,8 @@ text_enum!(
 /// Pool and timeout settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// PostgreSQL / SQLite-file pool size (an in-memory SQLite database always has one).
+    /// PostgreSQL / SQLite-file pool size (an in-memory SQLite database always has one). A
+    /// SQLite file gets one connection more, kept for writes.
     pub max_connections: u32,
     /// How long to wait for a pooled connection before failing (transiently).
     pub acquire_timeout: Duration,
@@ -457,19 +458,33 @@ impl Store {
             let po = SqlitePoolOptions::new()
                 .acquire_timeout(opts.acquire_timeout)
                 .test_before_acquire(false);
-            // An in-memory database lives as long as its connection: keep exactly one, forever.
-            let po = if memory {
-                po.max_connections(1)
+            // An in-memory database lives as long as its connection: keep exactly one, forever,
+            // and write on it too. A file gets a connection of its own for writes, kept open so
+            // its page cache stays warm (see `WriteGate`).
+            let (readers, writer) = if memory {
+                let pool = po
+                    .max_connections(1)
                     .min_connections(1)
                     .idle_timeout(None)
                     .max_lifetime(None)
+                    .connect_with(co)
+                    .await?;
+                (pool.clone(), pool)
             } else {
-                po.max_connections(opts.max_connections.max(1))
+                let writer = po
+                    .clone()
+                    .max_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(co.clone())
+                    .await?;
+                let readers = po
+                    .max_connections(opts.max_connections.max(1))
+                    .connect_with(co)
+                    .await?;
+                (readers, writer)
             };
-            Pool::Sqlite(
-                po.connect_with(co).await?,
-                db::WriteGate::new(opts.acquire_timeout),
-            )
+            Pool::Sqlite(readers, db::WriteGate::new(opts.acquire_timeout, writer))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let timeout_ms = opts.statement_timeout.as_millis().max(1);
             let co = PgConnectOptions::from_str(url)
@@ -558,7 +573,10 @@ impl Store {
     /// Closes the pool, waiting for checked-out connections to come back (shutdown).
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(p, _) => p.close().await,
+            Pool::Sqlite(p, gate) => {
+                p.close().await;
+                gate.writer.close().await;
+            }
             Pool::Postgres(p) => p.close().await,
         }
     }
@@ -586,8 +604,9 @@ impl Store {
         cutoff: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
         match &self.pool {
-            Pool::Sqlite(p, _) => {
-                sqlite::delete_samples_before(p, cutoff).await?;
+            Pool::Sqlite(_, gate) => {
+                let _writing = gate.enter().await?;
+                sqlite::delete_samples_before(&gate.writer, cutoff).await?;
                 Ok(Vec::new())
             }
             Pool::Postgres(p) => postgres::drop_partitions_before(p, cutoff).await,

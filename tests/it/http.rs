@@ -517,6 +517,16 @@ async fn metrics_parse_as_prometheus_text_with_every_family() {
                 .any(|(s, _)| s.starts_with("smartcar_sync_job_duration_seconds_bucket{")),
             "{text}"
         );
+        // Every poll is committed by a group commit; the histogram has a bucket at its 50 ms
+        // bound.
+        assert!(value("smartcar_sync_group_commit_polls_total") >= 2.0);
+        assert!(value("smartcar_sync_group_commit_duration_seconds_count") >= 1.0);
+        value(r#"smartcar_sync_group_commit_duration_seconds_bucket{le="0.05"}"#);
+        if b == "sqlite" {
+            // Every write went through the write gate, and said how long it held it.
+            assert!(value(r#"smartcar_sync_sqlite_writer_seconds_total{phase="holding"}"#) > 0.0);
+            value(r#"smartcar_sync_sqlite_writer_seconds_total{phase="waiting"}"#);
+        }
         s.stop().await;
         sim.shutdown().await;
         db.cleanup().await;
