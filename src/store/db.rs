@@ -132,9 +132,9 @@ pub(crate) enum Pool {
 /// alone. A SQLite connection drops its whole page cache when it finds that another connection
 /// has committed since its last transaction. With the pool's eight connections taking turns at
 /// writing, nearly every write transaction began by re-reading, from the WAL and the file,
-/// the index pages it was about to change, and freeing the cache it had; the single writer was
-/// the no-limit cycle's bottleneck, and a fifth of its CPU went to `free` alone. The writer's
-/// own commits leave its cache warm.
+/// the index pages it was about to change, and freeing the cache it had: in the no-limit cycle,
+/// whose bottleneck on SQLite is the single writer, a fifth of the SQLite threads' CPU went to
+/// `free` alone. The writer's own commits leave its cache warm.
 #[derive(Clone, Debug)]
 pub(crate) struct WriteGate {
     permit: Arc<Semaphore>,
