@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::Daemon;
 use super::housekeeping::save_token_audit;
 use crate::queue::RunStats;
-use crate::store::{JobKind, OpenJob};
+use crate::store::{JobKind, OpenJob, StoreError};
 
 impl Daemon {
     /// One full cycle, in order: discovery (if on), every known user's connections, then every
@@ -58,9 +58,10 @@ impl Daemon {
         let result = async {
             use Phase::OutOfTime;
             if self.config.schedule.discover_users {
-                self.store
-                    .enqueue(JobKind::DiscoverUsers, "", Utc::now())
-                    .await?;
+                outlasting(shutdown, || {
+                    self.store.enqueue(JobKind::DiscoverUsers, "", Utc::now())
+                })
+                .await?;
                 let p = "discovering users";
                 if self
                     .wait_for(JobKind::DiscoverUsers, shutdown, deadline, &progress, p)
@@ -81,9 +82,11 @@ impl Daemon {
             {
                 return Ok(OutOfTime);
             }
-            self.store
-                .enqueue_syncs_for_all_users(Utc::now(), Some(started))
-                .await?;
+            outlasting(shutdown, || {
+                self.store
+                    .enqueue_syncs_for_all_users(Utc::now(), Some(started))
+            })
+            .await?;
             self.wake.notify_one();
             let p = "syncing connections";
             if self
@@ -103,9 +106,11 @@ impl Daemon {
             {
                 return Ok(OutOfTime);
             }
-            self.store
-                .enqueue_polls_for_pollable(Utc::now(), Some(started))
-                .await?;
+            outlasting(shutdown, || {
+                self.store
+                    .enqueue_polls_for_pollable(Utc::now(), Some(started))
+            })
+            .await?;
             self.wake.notify_one();
             let p = "polling signals";
             self.wait_for(JobKind::PollSignals, shutdown, deadline, &progress, p)
@@ -118,8 +123,8 @@ impl Daemon {
         let out_of_time = result? == Phase::OutOfTime;
         let (deferred, open_jobs) = if out_of_time {
             (
-                self.store.open_job_list(DEFERRED_LISTED).await?,
-                self.store.open_jobs(None).await?,
+                outlasting(shutdown, || self.store.open_job_list(DEFERRED_LISTED)).await?,
+                outlasting(shutdown, || self.store.open_jobs(None)).await?,
             )
         } else {
             (Vec::new(), 0)
@@ -127,7 +132,7 @@ impl Daemon {
         Ok(CycleReport {
             started,
             finished: Utc::now(),
-            dead: self.store.dead_since(started).await?,
+            dead: outlasting(shutdown, || self.store.dead_since(started)).await?,
             stats,
             out_of_time,
             open_jobs,
@@ -188,6 +193,44 @@ impl Daemon {
                 _ = shutdown.cancelled() => anyhow::bail!("interrupted"),
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
+        }
+    }
+}
+
+/// How long [`outlasting`] keeps retrying one call: a restart of the database server, not an
+/// outage (the jobs' own retries cover those, and `sync-once` must end).
+const OUTLAST: Duration = Duration::from_secs(60);
+
+/// Runs one of the cycle's own store calls (enqueue a phase's jobs, count what is left),
+/// waiting out a database restart: the first use of a pooled connection the restart closed
+/// fails with a transient error, and the pool opens a new one for the next try. Transient errors
+/// are retried with capped exponential backoff for up to [`OUTLAST`]; any other error, or the
+/// last transient one, is returned. Every call passed here is idempotent (an enqueue skips jobs
+/// already open), so a try whose commit was not acknowledged is safe to repeat.
+async fn outlasting<T, F, Fut>(shutdown: &CancellationToken, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    use backon::BackoffBuilder;
+    let started = tokio::time::Instant::now();
+    let mut delays = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .without_max_times()
+        .build();
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && started.elapsed() < OUTLAST => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(2));
+                tracing::warn!(error = %e, ?delay, "sync-once: database unavailable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("interrupted"),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -20,7 +20,34 @@ impl Store {
     /// vehicles are inserted (connected) and get a poll job due `now`; known ones are refreshed
     /// and set back to connected unless billing-limited or blocked for reconnect; the user's
     /// vehicles missing from the list become disconnected; the user's last sync is recorded.
+    ///
+    /// The transaction runs apart from the caller ([`Pool::run_apart`](super::db::Pool)): on
+    /// SQLite, on a thread of its own, so its eight statements hold the one writer as briefly
+    /// as they can.
     pub async fn finish_sync(
+        &self,
+        job: &Job,
+        user_id: &str,
+        vehicles: &[VehicleUpsert],
+        now: DateTime<Utc>,
+    ) -> Result<SyncOutcome, StoreError> {
+        let (store, job, user_id, vehicles) = (
+            self.clone(),
+            job.clone(),
+            user_id.to_owned(),
+            vehicles.to_vec(),
+        );
+        self.pool
+            .run_apart(async move { store.sync_tx(&job, &user_id, &vehicles, now).await })
+            .await
+            .unwrap_or_else(|| {
+                Err(StoreError::Corrupt(
+                    "the connections sync task ended".into(),
+                ))
+            })
+    }
+
+    async fn sync_tx(
         &self,
         job: &Job,
         user_id: &str,

@@ -17,8 +17,9 @@
 //! rolls the whole batch back and every poll of it is retried alone, in its own transaction, so
 //! one poll's failure is reported to that poll only.
 //!
-//! The flush runs in a task of its own: a caller dropped mid-flush (a job abandoned at shutdown)
-//! cannot roll back the other callers' polls.
+//! The flush runs in a task of its own (`Pool::run_apart`; on SQLite a thread of its own, so
+//! that it holds the one writer no longer than its statements take): a caller dropped mid-flush
+//! (a job abandoned at shutdown) cannot roll back the other callers' polls.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,7 +131,10 @@ impl Store {
             let batch = self.group.take();
             let store = self.clone();
             // A task of its own: dropping this caller must not roll back the others' polls.
-            let _ = tokio::spawn(async move { store.flush(batch).await }).await;
+            let _ = self
+                .pool
+                .run_apart(async move { store.flush(batch).await })
+                .await;
             drop(slot);
         }
         rx.await

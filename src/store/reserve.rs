@@ -124,7 +124,10 @@ impl Store {
             let batch = group.take();
             let pool = self.pool.clone();
             // A task of its own: dropping this caller must not lose the others' answers.
-            let _ = tokio::spawn(async move { reserve_batch(&pool, batch).await }).await;
+            let _ = self
+                .pool
+                .run_apart(async move { reserve_batch(&pool, batch).await })
+                .await;
             drop(slot);
         }
         rx.await

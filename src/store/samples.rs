@@ -200,3 +200,94 @@ impl Store {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use crate::store::{NewSample, SampleSource, SignalState, Store, StoreOptions};
+
+    fn sample(vehicle: usize, code: usize, at: i64, value: f64) -> NewSample {
+        NewSample {
+            vehicle_id: format!("v{vehicle:02}"),
+            code: format!("c{code}"),
+            recorded_at: Utc.timestamp_opt(1_700_000_000 + at, 0).unwrap(),
+            value_num: Some(value),
+            unit: (code % 2 == 0).then(|| "km".to_owned()),
+            body: if code % 2 == 0 {
+                format!(r#"{{"unit":"km","value":{value}}}"#)
+            } else {
+                format!(r#"{{"value":{value},"extra":[{code}]}}"#)
+            },
+            source: SampleSource::Poll,
+        }
+    }
+
+    /// A batch wider than one statement (SQLite: 256 rows), its vehicles' rows interleaved,
+    /// some already stored and some twice in the batch: each vehicle is told exactly the rows it
+    /// gained, and every row is stored once with its value. Statuses in a batch whose size is
+    /// not a statement shape (padding rows) are all stored, the padding is not.
+    #[tokio::test]
+    async fn a_wide_batch_counts_each_vehicles_new_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("wide.db").display());
+        let store = Store::connect(&url, &StoreOptions::default())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+
+        // Vehicles 0..40, signals 0..8: 320 rows, round-robin over the vehicles.
+        let batch: Vec<NewSample> = (0..8)
+            .flat_map(|c| (0..40).map(move |v| sample(v, c, 10, (v * 100 + c) as f64 + 0.25)))
+            .collect();
+        // Already stored: vehicle 3's eight rows and vehicle 7's first signal.
+        let earlier: Vec<NewSample> = batch
+            .iter()
+            .filter(|s| s.vehicle_id == "v03" || (s.vehicle_id == "v07" && s.code == "c0"))
+            .cloned()
+            .collect();
+        assert_eq!(store.ingest_samples(&earlier, &[]).await.unwrap(), 9);
+
+        let mut twice = batch.clone();
+        twice.push(batch[5].clone());
+        let statuses: Vec<SignalState> = (0..37)
+            .map(|v| SignalState {
+                vehicle_id: format!("v{v:02}"),
+                code: "c9".into(),
+                status: "ERROR".into(),
+                error_type: Some("VEHICLE".into()),
+                error_code: None,
+                observed_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            })
+            .collect();
+        let mut tx = store.pool.begin().await.unwrap();
+        let counts = tx
+            .ingest_by_vehicle(&twice, &statuses, Utc::now())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(counts.len(), 40, "every vehicle of the batch is answered");
+        for v in 0..40 {
+            let expected = match v {
+                3 => 0,
+                7 => 7,
+                _ => 8,
+            };
+            assert_eq!(counts[&format!("v{v:02}")], expected, "vehicle {v}");
+        }
+        let stored = store.list_samples().await.unwrap();
+        assert_eq!(stored.len(), 320);
+        for s in &batch {
+            let row = stored
+                .iter()
+                .find(|r| r.vehicle_id == s.vehicle_id && r.code == s.code)
+                .expect("stored");
+            assert_eq!(row.value_num, s.value_num);
+            assert_eq!(row.body, s.body);
+        }
+        let listed = store.list_signal_statuses().await.unwrap();
+        assert_eq!(listed.len(), 37);
+        store.close().await;
+    }
+}

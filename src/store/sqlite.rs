@@ -8,12 +8,18 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use super::{NewSample, SignalState, StoreError, compact, time};
 
 /// Rows per multi-row INSERT: 8 parameters a row stays far below SQLite's parameter limit.
-const CHUNK: usize = 200;
+const CHUNK: usize = 256;
 
 /// Inserts samples in multi-row chunks into the compact tables of migration 0008: the
-/// dictionaries first (for all samples at once), then `samples`, vehicle by vehicle so the
-/// rows each vehicle gained are counted. Rows already stored are left as they are (first writer
-/// wins). Returns the rows inserted per vehicle.
+/// dictionaries first (for all samples at once), then the series ids of the batch in one
+/// lookup per chunk of series, then `samples` in chunks of up to [`CHUNK`] rows whatever their
+/// vehicles. Rows already stored are left as they are (first writer wins). Returns the rows
+/// inserted per vehicle (every vehicle of the batch, 0 included), counted from the series ids
+/// the inserts return.
+///
+/// Every statement inside a write transaction is a round trip to the connection's thread while
+/// SQLite's one writer lock is held, so the statement count is what matters: a group commit of
+/// 32 polls is about ten statements, not one per vehicle.
 pub(crate) async fn insert_samples(
     tx: &mut Transaction<'static, Sqlite>,
     samples: &[NewSample],
@@ -24,29 +30,67 @@ pub(crate) async fn insert_samples(
     for (chunk, forms) in samples.chunks(CHUNK).zip(forms.chunks(CHUNK)) {
         insert_dictionaries(tx, chunk, forms).await?;
     }
-    // Vehicle by vehicle, in the order given.
-    let mut order: Vec<&str> = Vec::new();
-    let mut by_vehicle: HashMap<&str, Vec<(&NewSample, i16)>> = HashMap::new();
-    for (s, f) in samples.iter().zip(&forms) {
-        let rows = by_vehicle.entry(s.vehicle_id.as_str()).or_insert_with(|| {
-            order.push(s.vehicle_id.as_str());
-            Vec::new()
-        });
-        rows.push((s, *f));
-    }
-    let mut inserted = HashMap::new();
-    for vehicle in order {
-        let rows = by_vehicle
-            .get(vehicle)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let mut n = 0;
-        for chunk in rows.chunks(CHUNK) {
-            n += insert_rows(tx, chunk, ingested_us).await?;
+    let series = series_ids(tx, samples).await?;
+    let vehicle_of: HashMap<i64, &str> = series.iter().map(|(k, id)| (*id, k.0)).collect();
+    let mut inserted: HashMap<String, u64> =
+        samples.iter().map(|s| (s.vehicle_id.clone(), 0)).collect();
+    let rows: Vec<(&NewSample, i16, i64)> = samples
+        .iter()
+        .zip(&forms)
+        .map(|(s, f)| {
+            let id = series
+                .get(&(s.vehicle_id.as_str(), s.code.as_str()))
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt(format!("no series id for {}", s.code)))?;
+            Ok((s, *f, id))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    for chunk in rows.chunks(CHUNK) {
+        for id in insert_rows(tx, chunk, ingested_us).await? {
+            let vehicle = vehicle_of.get(&id).ok_or_else(|| {
+                StoreError::Corrupt(format!("series {id} inserted but not asked for"))
+            })?;
+            if let Some(n) = inserted.get_mut(*vehicle) {
+                *n += 1;
+            }
         }
-        inserted.insert(vehicle.to_owned(), n);
     }
     Ok(inserted)
+}
+
+/// The series id of every (vehicle, code) of the batch; the series are stored by now
+/// ([`insert_dictionaries`] ran first, in this transaction). One statement per [`CHUNK`]
+/// distinct keys, which travel as one JSON list; each answer row is a key's position in its
+/// list and its id.
+async fn series_ids<'a>(
+    tx: &mut Transaction<'static, Sqlite>,
+    samples: &'a [NewSample],
+) -> Result<HashMap<(&'a str, &'a str), i64>, StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    let keys: Vec<(&str, &str)> = samples
+        .iter()
+        .map(|s| (s.vehicle_id.as_str(), s.code.as_str()))
+        .filter(|k| seen.insert(*k))
+        .collect();
+    let mut ids = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(CHUNK) {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT j.key, s.series_id FROM json_each($1) j \
+             JOIN sample_series s ON s.vehicle_id = json_extract(j.value, '$[0]') \
+                                 AND s.code = json_extract(j.value, '$[1]')",
+        )
+        .bind(as_json(&chunk)?)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (at, id) in rows {
+            let key = usize::try_from(at)
+                .ok()
+                .and_then(|at| chunk.get(at))
+                .ok_or_else(|| StoreError::Corrupt(format!("series row {at} out of range")))?;
+            ids.insert(*key, id);
+        }
+    }
+    Ok(ids)
 }
 
 /// The series, units and bodies of `chunk` that are not stored yet. Each list travels as one
@@ -104,17 +148,27 @@ fn as_json(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("list as JSON: {e}")))
 }
 
-/// One multi-row INSERT into `samples` (dictionaries already there).
+/// One multi-row INSERT into `samples` (dictionaries and series ids known); returns the series
+/// id of each row inserted (a row already stored is not returned).
 async fn insert_rows(
     tx: &mut Transaction<'static, Sqlite>,
-    rows: &[(&NewSample, i16)],
+    rows: &[(&NewSample, i16, i64)],
     ingested_us: i64,
-) -> Result<u64, StoreError> {
-    let mut qb = QueryBuilder::<Sqlite>::new("WITH t(v, c, r, n, u, h, b, f) AS (");
-    qb.push_values(rows, |mut b, (s, f)| {
+) -> Result<Vec<i64>, StoreError> {
+    let mut qb = QueryBuilder::<Sqlite>::new("WITH t(s, r, n, u, h, b, f) AS (");
+    qb.push_values(padded(rows), |mut b, row| {
+        let Some((s, f, id)) = row else {
+            b.push_bind(None::<i64>)
+                .push_bind(None::<i64>)
+                .push_bind(None::<f64>)
+                .push_bind(None::<&str>)
+                .push_bind(None::<i64>)
+                .push_bind(None::<&str>)
+                .push_bind(None::<i16>);
+            return;
+        };
         let stored = compact::body_stored(*f);
-        b.push_bind(s.vehicle_id.as_str())
-            .push_bind(s.code.as_str())
+        b.push_bind(*id)
             .push_bind(s.recorded_at.timestamp_micros())
             .push_bind(s.value_num)
             .push_bind(s.unit.as_deref())
@@ -125,17 +179,16 @@ async fn insert_rows(
     qb.push(
         ") INSERT INTO samples \
          (series_id, recorded_at, value_num, unit_id, body_id, form, ingest_delay_us) \
-         SELECT s.series_id, t.r, t.n, un.unit_id, \
+         SELECT t.s, t.r, t.n, un.unit_id, \
                 (SELECT min(x.body_id) FROM sample_bodies x WHERE x.hash = t.h AND x.body = t.b), \
                 t.f, ",
     );
     qb.push_bind(ingested_us);
     qb.push(
-        " - t.r FROM t JOIN sample_series s ON s.vehicle_id = t.v AND s.code = t.c \
-         LEFT JOIN sample_units un ON un.unit = t.u \
-         WHERE true ON CONFLICT DO NOTHING",
+        " - t.r FROM t LEFT JOIN sample_units un ON un.unit = t.u \
+         WHERE t.s IS NOT NULL ON CONFLICT DO NOTHING RETURNING series_id",
     );
-    Ok(qb.build().execute(&mut **tx).await?.rows_affected())
+    Ok(qb.build_query_scalar().fetch_all(&mut **tx).await?)
 }
 
 /// Upserts signal statuses (already deduplicated); an older observation never overwrites a newer.
@@ -146,11 +199,14 @@ pub(crate) async fn upsert_statuses(
     statuses: &[SignalState],
 ) -> Result<(), StoreError> {
     for chunk in statuses.chunks(CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO signal_status \
-             (vehicle_id, code, status, error_type, error_code, observed_at) ",
-        );
-        qb.push_values(chunk, |mut b, s| {
+        let mut qb = QueryBuilder::<Sqlite>::new("WITH t(v, c, s, et, ec, at) AS (");
+        qb.push_values(padded(chunk), |mut b, s| {
+            let Some(s) = s else {
+                for _ in 0..6 {
+                    b.push_bind(None::<&str>);
+                }
+                return;
+            };
             b.push_bind(s.vehicle_id.as_str())
                 .push_bind(s.code.as_str())
                 .push_bind(s.status.as_str())
@@ -159,7 +215,10 @@ pub(crate) async fn upsert_statuses(
                 .push_bind(time::to_text(s.observed_at));
         });
         qb.push(
-            " ON CONFLICT (vehicle_id, code) DO UPDATE SET status = excluded.status, \
+            ") INSERT INTO signal_status \
+             (vehicle_id, code, status, error_type, error_code, observed_at) \
+             SELECT * FROM t WHERE v IS NOT NULL \
+             ON CONFLICT (vehicle_id, code) DO UPDATE SET status = excluded.status, \
              error_type = excluded.error_type, error_code = excluded.error_code, \
              observed_at = excluded.observed_at \
              WHERE signal_status.observed_at <= excluded.observed_at",
@@ -167,6 +226,18 @@ pub(crate) async fn upsert_statuses(
         qb.build().execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// `rows` followed by `None`s up to the next power of two (at least 8): the multi-row
+/// statements take a handful of shapes, whose text is prepared once and found in the
+/// connection's statement cache, instead of one text per row count (a new statement to compile
+/// for nearly every batch, while SQLite's one writer lock is held). The statements skip the
+/// padding rows (`WHERE … IS NOT NULL`).
+fn padded<T>(rows: &[T]) -> impl Iterator<Item = Option<&T>> {
+    let shape = rows.len().next_power_of_two().max(8);
+    rows.iter()
+        .map(Some)
+        .chain(std::iter::repeat_n(None, shape - rows.len()))
 }
 
 /// Retention without partitions: delete the rows recorded before `cutoff`, series by series
