@@ -22,7 +22,7 @@ impl Store {
     /// vehicles missing from the list become disconnected; the user's last sync is recorded.
     ///
     /// The transaction runs apart from the caller ([`Pool::run_apart`](super::db::Pool)): on
-    /// SQLite, on a thread of its own, so its eight statements hold the one writer as briefly
+    /// SQLite, on the writer thread, so its eight statements hold the one writer as briefly
     /// as they can.
     pub async fn finish_sync(
         &self,

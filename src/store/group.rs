@@ -17,7 +17,7 @@
 //! rolls the whole batch back and every poll of it is retried alone, in its own transaction, so
 //! one poll's failure is reported to that poll only.
 //!
-//! The flush runs in a task of its own (`Pool::run_apart`; on SQLite a thread of its own, so
+//! The flush runs in a task of its own (`Pool::run_apart`; on SQLite on the writer thread, so
 //! that it holds the one writer no longer than its statements take): a caller dropped mid-flush
 //! (a job abandoned at shutdown) cannot roll back the other callers' polls.
 

@@ -484,7 +484,9 @@ impl Store {
                     .await?;
                 (readers, writer)
             };
-            Pool::Sqlite(readers, db::WriteGate::new(opts.acquire_timeout, writer))
+            let gate = db::WriteGate::new(opts.acquire_timeout, writer)
+                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+            Pool::Sqlite(readers, gate)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let timeout_ms = opts.statement_timeout.as_millis().max(1);
             let co = PgConnectOptions::from_str(url)
