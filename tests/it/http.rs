@@ -522,6 +522,9 @@ async fn metrics_parse_as_prometheus_text_with_every_family() {
         assert!(value("smartcar_sync_group_commit_polls_total") >= 2.0);
         assert!(value("smartcar_sync_group_commit_duration_seconds_count") >= 1.0);
         value(r#"smartcar_sync_group_commit_duration_seconds_bucket{le="0.05"}"#);
+        // And each poll's commit delay, with the same bucket.
+        assert!(value("smartcar_sync_group_commit_delay_seconds_count") >= 2.0);
+        value(r#"smartcar_sync_group_commit_delay_seconds_bucket{le="0.05"}"#);
         if b == "sqlite" {
             // Every write went through the write gate, and said how long it held it.
             assert!(value(r#"smartcar_sync_sqlite_writer_seconds_total{phase="holding"}"#) > 0.0);
