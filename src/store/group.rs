@@ -60,8 +60,11 @@ struct Request {
 pub(crate) struct GroupCommit {
     pending: Mutex<Vec<Request>>,
     tickets: AtomicU64,
-    /// Flushes that may run at once: 1 on SQLite (one writer at a time anyway), 2 on
-    /// PostgreSQL (one batch builds while the previous one commits).
+    /// Flushes that may run at once: 1 on SQLite (one writer at a time anyway), 3 on
+    /// PostgreSQL (batches build while others commit). Three rather than two, on the no-limit
+    /// cycle bench with busy cores: the longest poll delay of each commit fell from a median of
+    /// 121–209 ms to 92–131 ms in six pairs, and the cycle ran faster in four of them (0.415
+    /// against 0.399 on average).
     slots: Semaphore,
 }
 
@@ -77,7 +80,7 @@ impl GroupCommit {
     pub(crate) fn new(backend: Backend) -> Arc<Self> {
         let slots = match backend {
             Backend::Sqlite => 1,
-            Backend::Postgres => 2,
+            Backend::Postgres => 3,
         };
         Arc::new(GroupCommit {
             pending: Mutex::new(Vec::new()),
