@@ -40,8 +40,9 @@ use super::{Job, NewSample, PlanRecord, PollOutcome, PollResult, SignalState, St
 /// the no-limit cycle bench a poll's commit delay (the longest of each flush, median) was 280 to
 /// 320 ms against flushes of 45 to 100 ms, and the workers waiting for those commits were not
 /// sending requests. At 128 the delay halved (115 to 165 ms) and the cycle ran faster in 7 of 9
-/// pairs, as fast in one (PostgreSQL 0.451 against 0.431 on average, SQLite 0.463 against 0.449). A batch's
-/// statements are set-based, so a larger batch costs more rows, not more round trips.
+/// pairs, as fast in one (PostgreSQL 0.451 against 0.431 on average, SQLite 0.463 against
+/// 0.449). A batch's statements are set-based, so a larger batch costs more rows, not more
+/// round trips.
 pub(crate) const MAX_BATCH: usize = 128;
 
 type Reply = oneshot::Sender<Result<PollOutcome, StoreError>>;
