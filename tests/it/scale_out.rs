@@ -56,11 +56,14 @@ async fn done_jobs(url: &str) -> (BTreeMap<(String, String), i64>, HashSet<Strin
         .iter()
         .map(|r| ((r.get("kind"), r.get("subject")), r.get("n")))
         .collect();
-    let owners: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT split_part(lease_owner, ':', 1) FROM jobs")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    // A job enqueued by a last tick, or handed back at shutdown, has no owner.
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT split_part(lease_owner, ':', 1) FROM jobs \
+             WHERE lease_owner IS NOT NULL",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     let not_done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state <> 'done'")
         .fetch_one(&pool)
         .await
