@@ -7,6 +7,8 @@
 //!                                      # then (a) and (b) on PostgreSQL when it is installed
 //! cargo bench --bench cycle -- a b     # pick: a, b, mem, pg (PostgreSQL: the picked of (a), (b);
 //!                                      # both if none picked), sqlite; `pg only`: no SQLite
+//! cargo bench --bench cycle -- b pg only reference  # the reference client before each (b) run
+//! cargo bench --bench cycle -- reference            # the reference client alone
 //! ```
 //!
 //! - (a) the daemon limited to 200 requests/s (`requests_per_minute = 12000`, burst 20), 5 ms
@@ -19,11 +21,18 @@
 //! and each vehicle has an allowance of 500 calls per 30-day period, which the daemon's
 //! `[budget]` knows too.
 //!
+//! The reference client (`cycle/reference.rs`) makes (b)'s calls with the daemon's API client
+//! and nothing else, against a simulator configured alike: its efficiency is the most this
+//! machine allows in that hour, and the daemon's efficiency divided by it is the daemon's own
+//! share of the gap.
+//!
 //! Cycle efficiency = ideal / actual, ideal = max(API calls ÷ allowed rate, API calls × latency
 //! ÷ concurrency), actual = the cycle time `sync-once` reports (process start-up, migration and
 //! the token request excluded; the wall time of the whole process is printed too).
 
 mod common;
+#[path = "cycle/reference.rs"]
+mod reference;
 
 use std::time::Duration;
 
@@ -86,6 +95,9 @@ const MEM: Case = Case {
 
 #[tokio::main]
 async fn main() -> Res<()> {
+    if let Ok(spec) = std::env::var(reference::ENV) {
+        return reference::run_child(&spec).await;
+    }
     let words = common::words();
     let want = |w: &str| words.is_empty() || words.iter().any(|x| x == w);
     let sqlite_only = words.iter().any(|w| w == "sqlite");
@@ -104,10 +116,27 @@ async fn main() -> Res<()> {
     }
     // `-- b pg only`: PostgreSQL alone.
     let pg_only = words.iter().any(|w| w == "only");
+    // `-- reference`: the reference client before each (b) run, in the same hour (alone: the
+    // reference client only).
+    let with_reference = words.iter().any(|w| w == "reference");
+    if with_reference && cases.is_empty() && !words.iter().any(|w| w == "pg") {
+        let dir = tempfile::tempdir()?;
+        let (table, _) = run_reference(&B, dir.path()).await?;
+        println!("{}", table.render());
+        return Ok(());
+    }
+    let reference_for = |case: &Case| with_reference && case.name == B.name;
     for case in cases.iter().filter(|_| !pg_only) {
         let dir = tempfile::tempdir()?;
+        let reference = if reference_for(case) {
+            let (table, eff) = run_reference(case, dir.path()).await?;
+            println!("{}", table.render());
+            Some(eff)
+        } else {
+            None
+        };
         let db = BenchDb::sqlite(dir.path());
-        let table = run(case, &db, dir.path()).await?;
+        let table = run(case, &db, dir.path(), reference).await?;
         all_met &= table.all_met();
         println!("{}", table.render());
         db.cleanup().await;
@@ -124,7 +153,14 @@ async fn main() -> Res<()> {
                 println!("SKIPPED: PostgreSQL (no server binaries)");
                 break;
             };
-            let table = run(&case, &db, dir.path()).await?;
+            let reference = if reference_for(&case) {
+                let (table, eff) = run_reference(&case, dir.path()).await?;
+                println!("{}", table.render());
+                Some(eff)
+            } else {
+                None
+            };
+            let table = run(&case, &db, dir.path(), reference).await?;
             all_met &= table.all_met();
             println!("{}", table.render());
             db.cleanup().await;
@@ -142,8 +178,10 @@ async fn main() -> Res<()> {
     Ok(())
 }
 
-async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
-    let vehicles = case.users * case.vehicles_per_user;
+/// The simulator as the real service is, for `case`: 2 % of calls fail with a 5xx, every
+/// vehicle has the daemon's allowance (500 calls per 30-day period, epoch-aligned on both
+/// sides), and with a rate limit its bucket is exactly the configured one.
+fn sim_config(case: &Case, burst: u32) -> SimConfig {
     let mut sim_config = SimConfig {
         users: case.users,
         vehicles_per_user: case.vehicles_per_user,
@@ -163,6 +201,108 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
         }),
         ..SimConfig::default()
     };
+    if case.rate_per_s > 0 {
+        // The simulator's bucket is exactly the configured one.
+        sim_config.app_bucket = Some(Bucket {
+            capacity: f64::from(burst),
+            refill_per_second: f64::from(case.rate_per_s),
+        });
+    }
+    sim_config
+}
+
+/// The reference client's run of `case` (see `cycle/reference.rs`): its table, and its
+/// efficiency.
+async fn run_reference(case: &Case, dir: &std::path::Path) -> Res<(Table, f64)> {
+    let sim = common::simulator(sim_config(case, 20)).await?;
+    let sim_cpu_before = common::own_cpu_s();
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.env(
+        reference::ENV,
+        format!(
+            "{} {} {} {}",
+            sim.auth_url(),
+            sim.api_url(),
+            sim.client_id(),
+            case.concurrency
+        ),
+    );
+    let child = common::spawn_watched(cmd, dir, "reference")?;
+    let (stats, stdout, stderr) = child.wait().await?;
+    let sim_cpu = common::own_cpu_s() - sim_cpu_before;
+    let c = sim.counters();
+    sim.shutdown().await;
+    let Some(out) = reference::parse(&stdout) else {
+        return Err(format!(
+            "the reference client failed ({:?}):\n{}",
+            stats.status,
+            tail(&stderr, 20)
+        )
+        .into());
+    };
+    let calls = c.api_calls as f64;
+    let ideal = calls * case.latency_ms as f64 / 1000.0 / case.concurrency as f64;
+    let eff = ideal / out.seconds;
+    let mut t = Table::new(format!(
+        "{} — the reference client (the API calls alone: no database, no queue)",
+        case.name
+    ));
+    t.info(
+        "API calls (simulator) / counted by the client",
+        format!("{} / {}", c.api_calls, out.calls),
+    );
+    t.info(
+        "  connections / signals (simulator) / signals (client)",
+        format!(
+            "{} / {} / {}",
+            c.connections_calls, c.signals_calls, out.signals_calls
+        ),
+    );
+    t.info(
+        "time (first call to the last answer; the token before it)",
+        format!("{:.2} s", out.seconds),
+    );
+    t.info(
+        "ideal = calls × latency ÷ concurrency",
+        format!("{ideal:.2} s"),
+    );
+    t.info(
+        "reference efficiency (the hour's ceiling)",
+        format!("{eff:.3}"),
+    );
+    let busy_s = c.api_busy_us as f64 / 1e6;
+    t.info(
+        "mean time a call spends in the simulator (latency included)",
+        format!("{:.2} ms", busy_s * 1000.0 / calls.max(1.0)),
+    );
+    t.info(
+        "mean requests in flight at the simulator (busy time ÷ time)",
+        format!("{:.1} of {}", busy_s / out.seconds, case.concurrency),
+    );
+    t.info(
+        "reference client CPU (user+sys)",
+        format!("{:.2} s", stats.cpu_s),
+    );
+    t.info(
+        "simulator + bench CPU (same machine)",
+        format!("{sim_cpu:.2} s"),
+    );
+    t.check(
+        "most requests in flight at once (simulator)",
+        c.api_concurrent_peak,
+        &format!("≤ {}", case.concurrency),
+        c.api_concurrent_peak <= case.concurrency as u64,
+    );
+    Ok((t, eff))
+}
+
+async fn run(
+    case: &Case,
+    db: &BenchDb,
+    dir: &std::path::Path,
+    reference: Option<f64>,
+) -> Res<Table> {
+    let vehicles = case.users * case.vehicles_per_user;
     let mut config = DaemonConfig::new(&db.url);
     config.requests_per_minute = case.rate_per_s * 60;
     config.burst = 20;
@@ -171,14 +311,7 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
         "[budget]\ncalls_per_vehicle = {ALLOWANCE_CALLS}\nperiod = \"{}s\"\n",
         ALLOWANCE_PERIOD.as_secs()
     );
-    if case.rate_per_s > 0 {
-        // The simulator's bucket is exactly the configured one.
-        sim_config.app_bucket = Some(Bucket {
-            capacity: f64::from(config.burst),
-            refill_per_second: f64::from(case.rate_per_s),
-        });
-    }
-    let sim = common::simulator(sim_config).await?;
+    let sim = common::simulator(sim_config(case, config.burst)).await?;
     let path = config.write(dir, &sim)?;
     let load_before = common::load();
     let sim_cpu_before = common::own_cpu_s();
@@ -304,6 +437,12 @@ async fn run(case: &Case, db: &BenchDb, dir: &std::path::Path) -> Res<Table> {
             "≥ 0.95",
             eff >= 0.95,
         );
+        if let Some(r) = reference {
+            t.info(
+                "cycle efficiency ÷ the reference client's (the same hour)",
+                format!("{:.3} ({eff:.3} ÷ {r:.3})", eff / r),
+            );
+        }
     }
     t.info(
         "achieved rate",

@@ -169,10 +169,8 @@ pub fn binary() -> String {
 /// Starts `smartcar-sync --config CONFIG ARGS…` with its output in files next to the config.
 pub fn spawn_daemon(config: &Path, args: &[&str], log_level: &str, tag: &str) -> Res<Daemon> {
     let dir = config.parent().unwrap_or(Path::new("."));
-    let stdout = dir.join(format!("{tag}.stdout"));
-    let stderr = dir.join(format!("{tag}.stderr"));
-    let mut child = Command::new(binary())
-        .arg("--config")
+    let mut cmd = Command::new(binary());
+    cmd.arg("--config")
         .arg(config)
         .args(args)
         .env("SMARTCAR_CLIENT_SECRET", SECRET)
@@ -180,7 +178,16 @@ pub fn spawn_daemon(config: &Path, args: &[&str], log_level: &str, tag: &str) ->
         .env_remove("DATABASE_URL")
         .env_remove("SMARTCAR_CLIENT_ID")
         .env_remove("CREDENTIALS_DIRECTORY")
-        .env_remove("SMARTCAR_SYNC_CONFIG")
+        .env_remove("SMARTCAR_SYNC_CONFIG");
+    spawn_watched(cmd, dir, tag)
+}
+
+/// Starts `cmd` with its output in `dir/TAG.stdout` and `dir/TAG.stderr`, watching its CPU
+/// time and peak memory until it exits.
+pub fn spawn_watched(mut cmd: Command, dir: &Path, tag: &str) -> Res<Daemon> {
+    let stdout = dir.join(format!("{tag}.stdout"));
+    let stderr = dir.join(format!("{tag}.stderr"));
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout)?)
         .stderr(std::fs::File::create(&stderr)?)
