@@ -37,7 +37,7 @@ mod reference;
 use std::time::Duration;
 
 use common::{BenchDb, DaemonConfig, Res, Table, mib};
-use smartcar_sim::{Bucket, Faults, SimConfig, VehicleAllowance};
+use smartcar_sim::{Bucket, CounterSnapshot, Faults, SimConfig, VehicleAllowance};
 use smartcar_sync::smartcar::client::PAGE_SIZE;
 
 /// The per-vehicle allowance both sides enforce: a typical plan's 500 calls, per 30 days.
@@ -216,6 +216,7 @@ fn sim_config(case: &Case, burst: u32) -> SimConfig {
 async fn run_reference(case: &Case, dir: &std::path::Path) -> Res<(Table, f64)> {
     let sim = common::simulator(sim_config(case, 20)).await?;
     let sim_cpu_before = common::own_cpu_s();
+    let machine = common::MachineCpu::now();
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.env(
         reference::ENV,
@@ -230,6 +231,7 @@ async fn run_reference(case: &Case, dir: &std::path::Path) -> Res<(Table, f64)> 
     let child = common::spawn_watched(cmd, dir, "reference")?;
     let (stats, stdout, stderr) = child.wait().await?;
     let sim_cpu = common::own_cpu_s() - sim_cpu_before;
+    let machine = machine.since();
     let c = sim.counters();
     sim.shutdown().await;
     let Some(out) = reference::parse(&stdout) else {
@@ -270,15 +272,7 @@ async fn run_reference(case: &Case, dir: &std::path::Path) -> Res<(Table, f64)> 
         "reference efficiency (the hour's ceiling)",
         format!("{eff:.3}"),
     );
-    let busy_s = c.api_busy_us as f64 / 1e6;
-    t.info(
-        "mean time a call spends in the simulator (latency included)",
-        format!("{:.2} ms", busy_s * 1000.0 / calls.max(1.0)),
-    );
-    t.info(
-        "mean requests in flight at the simulator (busy time ÷ time)",
-        format!("{:.1} of {}", busy_s / out.seconds, case.concurrency),
-    );
+    in_flight(&mut t, &c, out.seconds, case.concurrency);
     t.info(
         "reference client CPU (user+sys)",
         format!("{:.2} s", stats.cpu_s),
@@ -287,12 +281,7 @@ async fn run_reference(case: &Case, dir: &std::path::Path) -> Res<(Table, f64)> 
         "simulator + bench CPU (same machine)",
         format!("{sim_cpu:.2} s"),
     );
-    t.check(
-        "most requests in flight at once (simulator)",
-        c.api_concurrent_peak,
-        &format!("≤ {}", case.concurrency),
-        c.api_concurrent_peak <= case.concurrency as u64,
-    );
+    t.info("the machine's CPU during the run (/proc/stat)", machine);
     Ok((t, eff))
 }
 
@@ -315,6 +304,7 @@ async fn run(
     let path = config.write(dir, &sim)?;
     let load_before = common::load();
     let sim_cpu_before = common::own_cpu_s();
+    let machine = common::MachineCpu::now();
     // BENCH_DAEMON_LOG=filter: the daemon's log level, and its last lines printed after the run
     // (BENCH_DAEMON_LOG_FILE=path keeps all of it, in path.<case>.<backend>).
     let log = std::env::var("BENCH_DAEMON_LOG")
@@ -360,6 +350,7 @@ async fn run(
     }
     let (stats, stdout, stderr) = daemon.wait().await?;
     let sim_cpu = common::own_cpu_s() - sim_cpu_before;
+    let machine = machine.since();
     let summary = common::parse_summary(&stdout);
     let c = sim.counters();
 
@@ -493,23 +484,7 @@ async fn run(
         "0",
         c.calls_before_retry_after == 0,
     );
-    t.check(
-        "most requests in flight at once (simulator)",
-        c.api_concurrent_peak,
-        &format!("≤ {}", case.concurrency),
-        c.api_concurrent_peak <= case.concurrency as u64,
-    );
-    // Where the bound is lost: time the calls spent in the simulator (its latency, rounded up
-    // to the timer's millisecond, plus handling) against the time the daemon left slots idle.
-    let busy_s = c.api_busy_us as f64 / 1e6;
-    t.info(
-        "mean time a call spends in the simulator (latency included)",
-        format!("{:.2} ms", busy_s * 1000.0 / calls.max(1.0)),
-    );
-    t.info(
-        "mean requests in flight at the simulator (busy time ÷ cycle time)",
-        format!("{:.1} of {}", busy_s / cycle_s.max(1e-9), case.concurrency),
-    );
+    in_flight(&mut t, &c, cycle_s, case.concurrency);
     if !timeline.is_empty() {
         let cells: Vec<String> = timeline.iter().map(u64::to_string).collect();
         t.info("calls per second, second by second", cells.join(" "));
@@ -523,6 +498,7 @@ async fn run(
         "simulator + bench CPU (same machine)",
         format!("{sim_cpu:.2} s"),
     );
+    t.info("the machine's CPU during the run (/proc/stat)", machine);
     let peak = stats.peak_rss_kib;
     if case.users * case.vehicles_per_user >= 100_000 {
         t.check(
@@ -571,6 +547,27 @@ async fn run(
     });
     sim.shutdown().await;
     Ok(t)
+}
+
+/// The requests in flight at the simulator: the most at once (never above `concurrency`), and
+/// where the bound is lost: the time the calls spent in the simulator (its latency plus
+/// handling, waits for a CPU included) against the time the client left slots idle.
+fn in_flight(t: &mut Table, c: &CounterSnapshot, seconds: f64, concurrency: usize) {
+    t.check(
+        "most requests in flight at once (simulator)",
+        c.api_concurrent_peak,
+        &format!("≤ {concurrency}"),
+        c.api_concurrent_peak <= concurrency as u64,
+    );
+    let busy_s = c.api_busy_us as f64 / 1e6;
+    t.info(
+        "mean time a call spends in the simulator (latency included)",
+        format!("{:.2} ms", busy_s * 1000.0 / (c.api_calls as f64).max(1.0)),
+    );
+    t.info(
+        "mean requests in flight at the simulator (busy time ÷ cycle time)",
+        format!("{:.1} of {concurrency}", busy_s / seconds.max(1e-9)),
+    );
 }
 
 fn tail(text: &str, n: usize) -> String {

@@ -473,6 +473,55 @@ pub fn load() -> String {
         .unwrap_or_default()
 }
 
+/// The machine's CPU time so far (`/proc/stat`, all cores): what [`MachineCpu::since`] turns
+/// into shares of a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MachineCpu {
+    busy: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl MachineCpu {
+    pub fn now() -> MachineCpu {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<u64> = text
+            .lines()
+            .find(|l| l.starts_with("cpu "))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        MachineCpu {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            idle: at(3) + at(4),
+            steal: at(7),
+        }
+    }
+
+    /// "busy X %, idle Y %, stolen Z %" of the machine's CPU time since `self`. Stolen time is
+    /// what the hypervisor gave other guests while this one had work: a VM whose cores are
+    /// shared runs the same work slower, whatever the code does.
+    pub fn since(&self) -> String {
+        let now = MachineCpu::now();
+        let busy = now.busy.saturating_sub(self.busy) as f64;
+        let idle = now.idle.saturating_sub(self.idle) as f64;
+        let steal = now.steal.saturating_sub(self.steal) as f64;
+        let all = (busy + idle + steal).max(1.0);
+        format!(
+            "busy {:.0} %, idle {:.0} %, stolen {:.0} %",
+            100.0 * busy / all,
+            100.0 * idle / all,
+            100.0 * steal / all
+        )
+    }
+}
+
 /// A table of figures: name, value, target (empty when none), verdict.
 #[derive(Default)]
 pub struct Table {
