@@ -44,6 +44,9 @@ use smartcar_sync::smartcar::client::PAGE_SIZE;
 const ALLOWANCE_CALLS: u32 = 500;
 const ALLOWANCE_PERIOD: Duration = Duration::from_secs(30 * 86_400);
 
+/// The configured bucket's capacity (`rate_limit.burst`), and the simulator's with it.
+const BURST: u32 = 20;
+
 #[derive(Clone, Debug)]
 struct Case {
     name: &'static str,
@@ -181,7 +184,7 @@ async fn main() -> Res<()> {
 /// The simulator as the real service is, for `case`: 2 % of calls fail with a 5xx, every
 /// vehicle has the daemon's allowance (500 calls per 30-day period, epoch-aligned on both
 /// sides), and with a rate limit its bucket is exactly the configured one.
-fn sim_config(case: &Case, burst: u32) -> SimConfig {
+fn sim_config(case: &Case) -> SimConfig {
     let mut sim_config = SimConfig {
         users: case.users,
         vehicles_per_user: case.vehicles_per_user,
@@ -204,7 +207,7 @@ fn sim_config(case: &Case, burst: u32) -> SimConfig {
     if case.rate_per_s > 0 {
         // The simulator's bucket is exactly the configured one.
         sim_config.app_bucket = Some(Bucket {
-            capacity: f64::from(burst),
+            capacity: f64::from(BURST),
             refill_per_second: f64::from(case.rate_per_s),
         });
     }
@@ -214,7 +217,7 @@ fn sim_config(case: &Case, burst: u32) -> SimConfig {
 /// The reference client's run of `case` (see `cycle/reference.rs`): its table, and its
 /// efficiency.
 async fn run_reference(case: &Case, dir: &std::path::Path) -> Res<(Table, f64)> {
-    let sim = common::simulator(sim_config(case, 20)).await?;
+    let sim = common::simulator(sim_config(case)).await?;
     let sim_cpu_before = common::own_cpu_s();
     let machine = common::MachineCpu::now();
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
@@ -294,13 +297,13 @@ async fn run(
     let vehicles = case.users * case.vehicles_per_user;
     let mut config = DaemonConfig::new(&db.url);
     config.requests_per_minute = case.rate_per_s * 60;
-    config.burst = 20;
+    config.burst = BURST;
     config.concurrency = case.concurrency;
     config.extra = format!(
         "[budget]\ncalls_per_vehicle = {ALLOWANCE_CALLS}\nperiod = \"{}s\"\n",
         ALLOWANCE_PERIOD.as_secs()
     );
-    let sim = common::simulator(sim_config(case, config.burst)).await?;
+    let sim = common::simulator(sim_config(case)).await?;
     let path = config.write(dir, &sim)?;
     let load_before = common::load();
     let sim_cpu_before = common::own_cpu_s();

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
-use smartcar_sync::smartcar::client::http_client;
+use smartcar_sync::smartcar::client::{PAGE_SIZE, http_client};
 use smartcar_sync::smartcar::{
     ApiError, Client, ClientConfig, ConnectionsPage, SecretSource, TokenConfig, TokenProvider,
 };
@@ -154,7 +154,11 @@ struct Counts {
 /// One user's connections, then each of their vehicles' signals, all at once (the client's
 /// request slots keep at most `concurrency` in flight).
 async fn user_cycle(client: Client, counts: Arc<Counts>, user: String) -> Res<()> {
+    // One page: a (b) user has 5 vehicles, and a page holds 100.
     let page = retry(&counts, || client.connections_page(Some(&user), 1)).await?;
+    if !page.is_last(1, PAGE_SIZE) {
+        return Err(format!("user {user}: more than one page of connections").into());
+    }
     let mut signals = JoinSet::new();
     for c in page.connections {
         let (client, counts, user) = (client.clone(), counts.clone(), user.clone());
